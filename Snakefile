@@ -1,0 +1,43 @@
+# cotransfer: do chain-of-thought explanations generalize across large reasoning models?
+#
+# Plain `snakemake --cores all` runs the embedded demo (config/demo.yaml: toy models on CPU).
+# `snakemake --profile profiles/slurm` runs the paper's study (config/config.yaml) on SLURM.
+#
+# Outputs (under study.results, default results/):
+#   items/{dataset}.parquet                                   sampled items, drawn once
+#   generations/{dataset}/{model}/empty.parquet               empty CoT
+#   generations/{dataset}/{model}/{default,sampled}/full.parquet      free runs
+#   generations/{dataset}/{model}/{default,sampled}/stripped.parquet  own stripped CoT prefilled
+#   generations/{dataset}/{model}/transfer/{variant}/{source}.parquet another model's CoT
+#   generations/{dataset}/{model}/ensemble/{variant}/{ensemble}.parquet   an ensembled CoT
+#   cots/{dataset}/{variant}/{source}/{kind}.parquet          CoTs (kind: default, sampled, ensemble)
+#   sentences/{dataset}/{source}/{kind}.parquet               sentence spans of each CoT
+#   ensembles/{dataset}/{ensemble}.steps.parquet              per-step ensemble log
+#   scored/{dataset}.parquet                                  every generation, parsed and scored
+#   tables/{answers,consistency,consistency_summary,accuracy}.parquet
+#   figures/*.png
+# Every Parquet file carries its provenance (`cotransfer audit FILE`).
+
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+if not workflow.overwrite_configfiles:  # a --configfile replaces the demo instead of merging into it
+    configfile: "config/demo.yaml"
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/generate.smk"
+include: "workflow/rules/split.smk"
+include: "workflow/rules/strip.smk"
+include: "workflow/rules/transfer.smk"
+include: "workflow/rules/ensemble.smk"
+include: "workflow/rules/score.smk"
+include: "workflow/rules/aggregate.smk"
+include: "workflow/rules/figures.smk"
+
+
+rule all:
+    input:
+        get_final_outputs(),
+    default_target: True

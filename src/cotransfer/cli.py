@@ -1,0 +1,151 @@
+"""The `cotransfer` command: audit lineage, compute consistency, re-score, validate a config."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _audit(path: Path, depth: int, seen: set, out) -> None:
+    from cotransfer.io import read_provenance
+
+    pad = "  " * depth
+    key = str(path.resolve()) if path.exists() else str(path)
+    if key in seen:
+        out.write(f"{pad}{path} (see above)\n")
+        return
+    seen.add(key)
+    if not path.exists():
+        out.write(f"{pad}{path}: missing\n")
+        return
+    if path.suffix != ".parquet":
+        out.write(f"{pad}{path}\n")
+        return
+    prov = read_provenance(path)
+    if prov is None:
+        out.write(f"{pad}{path}: no provenance recorded\n")
+        return
+    git = prov.get("git") or {}
+    wc = ", ".join(f"{k}={v}" for k, v in (prov.get("wildcards") or {}).items())
+    out.write(f"{pad}{path}\n")
+    out.write(f"{pad}  rule {prov.get('rule')} [{wc}]  {prov.get('started_utc')} -> {prov.get('finished_utc')}\n")
+    out.write(f"{pad}  code {git.get('commit')}{' (dirty)' if git.get('dirty') else ''}"
+              f"  config sha256 {str(prov.get('config_sha256'))[:16]}\n")
+    for name, m in (prov.get("models") or {}).items():
+        where = m.get("repo_id") or m.get("path")
+        rev = m.get("resolved_revision") or m.get("revision") or m.get("weights_sha256", "")[:16]
+        out.write(f"{pad}  model {name}: {where} @ {rev}\n")
+    for name, d in (prov.get("datasets") or {}).items():
+        out.write(f"{pad}  dataset {name}: {d.get('repo_id') or d.get('path') or d.get('adapter')}"
+                  f" @ {d.get('resolved_revision') or d.get('revision')}\n")
+    pk = prov.get("packages") or {}
+    out.write(f"{pad}  packages " + ", ".join(f"{k} {v}" for k, v in pk.items() if v) + "\n")
+    for name, inp in (prov.get("inputs") or {}).items():
+        out.write(f"{pad}  input {name}: sha256 {str(inp.get('sha256'))[:16]}\n")
+        _audit(Path(inp["path"]), depth + 2, seen, out)
+
+
+def cmd_audit(args) -> int:
+    path = Path(args.file)
+    if not path.exists():
+        print(f"cotransfer audit: {path}: no such file", file=sys.stderr)
+        return 2
+    if args.json:
+        from cotransfer.io import read_provenance
+
+        print(json.dumps(read_provenance(path), indent=2, sort_keys=True))
+    else:
+        _audit(path, 0, set(), sys.stdout)
+    return 0
+
+
+def cmd_consistency(args) -> int:
+    import polars as pl
+
+    from cotransfer import io, metrics
+
+    answers = pl.read_parquet(args.answers)
+    df = metrics.consistency(answers, definition=args.definition)
+    io.write_parquet(df, args.output, io.provenance(rule="cli:consistency", inputs=[args.answers],
+                                                    extra={"definition": args.definition}))
+    print(f"{df.height} evaluator pairs -> {args.output}")
+    return 0
+
+
+def cmd_score(args) -> int:
+    import polars as pl
+
+    from cotransfer import io
+    from cotransfer.config import DatasetSpec
+    from cotransfer.datasets import get_adapter
+    from cotransfer.scoring import score_generations
+
+    try:
+        adapter_cls = get_adapter(args.kind)
+    except KeyError as e:
+        print(f"cotransfer score: {e.args[0]}", file=sys.stderr)
+        return 2
+    spec = DatasetSpec(name=args.kind, adapter=args.kind, path=args.data, n_items=None)
+    items = adapter_cls(spec).load_all(Path(args.data))
+    gens = pl.read_parquet(args.generations)
+    try:
+        scored = score_generations(spec, items, gens)
+    except ValueError as e:
+        print(f"cotransfer score: {e}", file=sys.stderr)
+        return 2
+    io.write_parquet(scored, args.output, io.provenance(
+        rule="cli:score", inputs={"data": args.data, "generations": args.generations},
+        datasets={args.kind: {"adapter": args.kind, "adapter_version": adapter_cls.version, "path": args.data}}))
+    n_valid = int(scored["valid"].sum())
+    print(f"{scored.height} rows scored ({n_valid} valid, {int(scored['correct'].fill_null(False).sum())} correct)"
+          f" -> {args.output}")
+    return 0
+
+
+def cmd_validate(args) -> int:
+    from cotransfer.config import ConfigError, load
+
+    try:
+        study = load(args.config)
+    except ConfigError as e:
+        print(f"{args.config}: {e}", file=sys.stderr)
+        return 1
+    print(f"{args.config}: ok ({len(study.models)} models, {len(study.datasets)} datasets, "
+          f"{len(study.ensembles)} ensembles)")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="cotransfer", description=__doc__)
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    a = sub.add_parser("audit", help="print where a result file came from, following its inputs")
+    a.add_argument("file")
+    a.add_argument("--json", action="store_true", help="the raw provenance document of FILE only")
+    a.set_defaults(fn=cmd_audit)
+
+    c = sub.add_parser("consistency", help="pairwise consistency of an answers table")
+    c.add_argument("answers")
+    c.add_argument("--definition", choices=["paper", "strict"], default="paper")
+    c.add_argument("-o", "--output", required=True)
+    c.set_defaults(fn=cmd_consistency)
+
+    s = sub.add_parser("score", help="re-score generations without re-running inference")
+    s.add_argument("kind", help="dataset adapter name (medcalc, instruction_induction, toyarith, ...)")
+    s.add_argument("--data", required=True, help="the dataset file in its official format")
+    s.add_argument("--generations", required=True, help="Parquet with at least item_id and answer_text")
+    s.add_argument("-o", "--output", required=True)
+    s.set_defaults(fn=cmd_score)
+
+    v = sub.add_parser("validate", help="check a config file against the schema")
+    v.add_argument("config")
+    v.set_defaults(fn=cmd_validate)
+
+    args = p.parse_args(argv)
+    return args.fn(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,384 @@
+"""Typed, frozen view of the validated configuration.
+
+`validate()` checks a raw config dict against `workflow/schemas/config.schema.yaml`, fills the
+schema's defaults in place and fails with one message per problem, each naming the offending key
+path (``decoding.temperature: 'hot' is not of type 'number'``). `Study.from_dict()` then turns
+the dict into frozen dataclasses, after the cross-references the schema cannot express (an
+ensemble naming an unknown model, a strip model that does not exist) have been checked.
+
+Each spec exports its *result-defining* part with `.params()`: the Snakefile passes that as rule
+`params`, so changing a revision or a decoding value re-runs exactly the jobs it affects, while
+operational knobs (`engine:`) re-run nothing.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+CONDITIONS = ("empty", "default", "sampled", "transfer", "ensemble")
+VARIANTS = ("full", "stripped")
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml"
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message names every offending key."""
+
+
+# --------------------------------------------------------------------------------------------
+# validation
+
+
+def _defaulting_validator(schema: dict):
+    """A Draft 2020-12 validator that also fills `default:` values into the instance."""
+    import jsonschema
+
+    base = jsonschema.Draft202012Validator
+    validate_props = base.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for name, sub in properties.items():
+                if isinstance(sub, dict) and "default" in sub and name not in instance:
+                    instance[name] = copy.deepcopy(sub["default"])
+        yield from validate_props(validator, properties, instance, schema)
+
+    cls = jsonschema.validators.extend(base, {"properties": set_defaults})
+    return cls(schema)
+
+
+def _key_path(error) -> str:
+    parts = [str(p) for p in error.absolute_path]
+    # Unknown keys: name the key itself, not only its parent.
+    if error.validator == "additionalProperties" and isinstance(error.instance, dict):
+        allowed = set(error.schema.get("properties", {}))
+        extra = sorted(k for k in error.instance if k not in allowed)
+        if extra and error.schema.get("additionalProperties") is False:
+            return ", ".join(".".join(parts + [k]) for k in extra)
+    if error.validator == "propertyNames":
+        return ".".join(parts) + f" (key {error.instance!r})"
+    return ".".join(parts) or "<top level>"
+
+
+def _describe(error) -> str:
+    if error.validator == "additionalProperties" and error.schema.get("additionalProperties") is False:
+        return "unknown key (allowed: " + ", ".join(sorted(error.schema.get("properties", {}))) + ")"
+    if error.validator == "oneOf" and error.schema.get("oneOf") and all(
+        set(b) == {"required"} for b in error.schema["oneOf"]
+    ):
+        keys = [b["required"][0] for b in error.schema["oneOf"]]
+        return "give exactly one of " + ", ".join(keys)
+    return error.message
+
+
+def load_schema(path: Path | str = SCHEMA_PATH) -> dict:
+    with open(path) as fh:
+        return yaml.safe_load(fh)
+
+
+def validate(config: dict, schema_path: Path | str = SCHEMA_PATH) -> dict:
+    """Validate `config` in place, filling defaults. Raises ConfigError naming every bad key."""
+    if not isinstance(config, dict):
+        raise ConfigError("config: expected a mapping at the top level")
+    validator = _defaulting_validator(load_schema(schema_path))
+    errors = sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))
+    if errors:
+        lines = [f"  {_key_path(e)}: {_describe(e)}" for e in errors]
+        raise ConfigError("invalid configuration:\n" + "\n".join(lines))
+    Study.from_dict(config)  # cross-reference checks
+    return config
+
+
+def load(path: Path | str, schema_path: Path | str = SCHEMA_PATH) -> "Study":
+    with open(path) as fh:
+        raw = yaml.safe_load(fh) or {}
+    return Study.from_dict(validate(raw, schema_path))
+
+
+def config_sha256(config: dict) -> str:
+    """sha256 of the resolved config as canonical JSON (sorted keys, no whitespace)."""
+    blob = json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+# --------------------------------------------------------------------------------------------
+# typed view
+
+
+@dataclass(frozen=True, slots=True)
+class Sampling:
+    """Settings of one decoding mode; `temperature == 0` means greedy (argmax)."""
+
+    temperature: float
+    top_p: float = 1.0
+    top_k: int = -1
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0
+    presence_penalty: float = 0.0
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+
+GREEDY = Sampling(temperature=0.0)
+
+
+@dataclass(frozen=True, slots=True)
+class Decoding:
+    """Result-defining decoding settings (method.md section 3)."""
+
+    temperature: float
+    top_p: float
+    top_k: int
+    n_samples: int
+    thinking_budget: int
+    answer_max_tokens: int
+    max_model_len: int
+    seed: int
+
+    def sampled(self, override: dict | None = None) -> Sampling:
+        o = override or {}
+        return Sampling(
+            temperature=o.get("temperature", self.temperature),
+            top_p=o.get("top_p", self.top_p),
+            top_k=o.get("top_k", self.top_k),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSpec:
+    name: str
+    family: str
+    repo_id: str | None = None
+    revision: str = "main"
+    path: str | None = None
+    toy: tuple[tuple[str, Any], ...] | None = None
+    post_training: str = "unknown"
+    tensor_parallel_size: int = 1
+    dtype: str = "bfloat16"
+    max_model_len: int | None = None
+    reasoning_effort: str = "low"
+    sampling_override: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def source(self) -> str:
+        return "hub" if self.repo_id else ("toy" if self.toy is not None else "local")
+
+    @property
+    def toy_params(self) -> dict:
+        return dict(self.toy or ())
+
+    def params(self) -> dict:
+        """Result-defining identity of the model (for rule params and provenance)."""
+        return {
+            "name": self.name,
+            "family": self.family,
+            "source": self.source,
+            "repo_id": self.repo_id,
+            "revision": self.revision if self.repo_id else None,
+            "path": self.path,
+            "toy": self.toy_params or None,
+            "dtype": self.dtype,
+            "tensor_parallel_size": self.tensor_parallel_size,
+            "reasoning_effort": self.reasoning_effort if self.family == "harmony" else None,
+            "sampling_override": dict(self.sampling_override) or None,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class DatasetSpec:
+    name: str
+    adapter: str
+    repo_id: str | None = None
+    revision: str = "main"
+    split: str = "test"
+    path: str | None = None
+    n_items: int | None = None
+    seed: int = 42
+    options: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def opts(self) -> dict:
+        return dict(self.options)
+
+    def params(self) -> dict:
+        d = asdict(self)
+        d["options"] = self.opts
+        return d
+
+
+@dataclass(frozen=True, slots=True)
+class EnsembleSpec:
+    name: str
+    generators: tuple[str, ...]
+    evaluators: tuple[str, ...]
+    candidates: int = 3
+    chunk_tokens: int = 15
+    max_steps: int = 1000
+    thinking_cap: int = 4096
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 50
+
+    @property
+    def members(self) -> tuple[str, ...]:
+        """Every model the ensemble job must hold at once (generators first, no repeats)."""
+        return tuple(dict.fromkeys(self.generators + self.evaluators))
+
+    def params(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class Study:
+    name: str
+    results: str
+    resources: str
+    models: dict[str, ModelSpec]
+    aux_models: dict[str, ModelSpec]
+    datasets: dict[str, DatasetSpec]
+    ensembles: dict[str, EnsembleSpec]
+    decoding: Decoding
+    strip_method: str
+    strip_model: str | None
+    strip_joiner: str
+    consistency_definition: str
+    engine: dict = field(default_factory=dict)
+    raw: dict = field(default_factory=dict, repr=False, compare=False)
+
+    @staticmethod
+    def _model(name: str, d: dict) -> ModelSpec:
+        return ModelSpec(
+            name=name,
+            family=d["family"],
+            repo_id=d.get("repo_id"),
+            revision=d.get("revision", "main"),
+            path=d.get("path"),
+            toy=tuple(sorted(d["toy"].items())) if "toy" in d else None,
+            post_training=d.get("post_training", "unknown"),
+            tensor_parallel_size=d.get("tensor_parallel_size", 1),
+            dtype=d.get("dtype", "bfloat16"),
+            max_model_len=d.get("max_model_len"),
+            reasoning_effort=d.get("reasoning_effort", "low"),
+            sampling_override=tuple(sorted((d.get("decoding") or {}).items())),
+        )
+
+    @classmethod
+    def from_dict(cls, c: dict) -> "Study":
+        models = {k: cls._model(k, v) for k, v in c["models"].items()}
+        aux = {k: cls._model(k, v) for k, v in (c.get("aux_models") or {}).items()}
+        clash = sorted(set(models) & set(aux))
+        if clash:
+            raise ConfigError(f"aux_models: {', '.join(clash)} already defined under models")
+        datasets = {
+            k: DatasetSpec(
+                name=k,
+                adapter=v["adapter"],
+                repo_id=v.get("repo_id"),
+                revision=v.get("revision", "main"),
+                split=v.get("split", "test"),
+                path=v.get("path"),
+                n_items=v.get("n_items"),
+                seed=v.get("seed", 42),
+                options=tuple(sorted((v.get("options") or {}).items())),
+            )
+            for k, v in c["datasets"].items()
+        }
+        ensembles = {}
+        for k, v in (c.get("ensembles") or {}).items():
+            for role in ("generators", "evaluators"):
+                unknown = [m for m in v[role] if m not in models]
+                if unknown:
+                    raise ConfigError(
+                        f"ensembles.{k}.{role}: unknown model(s) {unknown}; known: {sorted(models)}"
+                    )
+            if k in models:
+                raise ConfigError(f"ensembles.{k}: name clashes with a model (both are CoT sources)")
+            ensembles[k] = EnsembleSpec(
+                name=k,
+                generators=tuple(v["generators"]),
+                evaluators=tuple(v["evaluators"]),
+                **{f: v[f] for f in ("candidates", "chunk_tokens", "max_steps", "thinking_cap",
+                                     "temperature", "top_p", "top_k") if f in v},
+            )
+        from cotransfer.datasets import ADAPTERS, get_adapter
+
+        for k, d in datasets.items():
+            try:
+                get_adapter(d.adapter)
+            except KeyError:
+                raise ConfigError(
+                    f"datasets.{k}.adapter: unknown adapter {d.adapter!r}; known: {sorted(ADAPTERS)}"
+                ) from None
+        dec = c.get("decoding") or {}
+        strip = c.get("strip") or {}
+        method = strip.get("method", "rule")
+        strip_model = strip.get("model")
+        if method == "llm":
+            if not strip_model:
+                raise ConfigError("strip.model: required when strip.method is llm")
+            if strip_model not in models and strip_model not in aux:
+                raise ConfigError(
+                    f"strip.model: unknown model {strip_model!r}; "
+                    f"known: {sorted(models) + sorted(aux)}"
+                )
+        study = c["study"]
+        return cls(
+            name=study["name"],
+            results=study.get("results", "results"),
+            resources=study.get("resources", "resources"),
+            models=models,
+            aux_models=aux,
+            datasets=datasets,
+            ensembles=ensembles,
+            decoding=Decoding(
+                temperature=dec.get("temperature", 1.0),
+                top_p=dec.get("top_p", 1.0),
+                top_k=dec.get("top_k", -1),
+                n_samples=dec.get("n_samples", 1),
+                thinking_budget=dec.get("thinking_budget", 4096),
+                answer_max_tokens=dec.get("answer_max_tokens", 1024),
+                max_model_len=dec.get("max_model_len", 32768),
+                seed=dec.get("seed", 42),
+            ),
+            strip_method=method,
+            strip_model=strip_model,
+            strip_joiner=strip.get("joiner", " "),
+            consistency_definition=(c.get("consistency") or {}).get("definition", "paper"),
+            engine=dict(c.get("engine") or {}),
+            raw=c,
+        )
+
+    # -- lookups ------------------------------------------------------------------------------
+
+    def model(self, name: str) -> ModelSpec:
+        if name in self.models:
+            return self.models[name]
+        if name in self.aux_models:
+            return self.aux_models[name]
+        raise KeyError(f"unknown model {name!r}; known: {sorted(self.models) + sorted(self.aux_models)}")
+
+    @property
+    def all_models(self) -> dict[str, ModelSpec]:
+        return {**self.models, **self.aux_models}
+
+    @property
+    def cot_sources(self) -> list[str]:
+        """Every CoT source of the transfer stage: each model, then each ensemble."""
+        return list(self.models) + list(self.ensembles)
+
+    def sampling_for(self, model: str, condition: str) -> Sampling:
+        if condition == "sampled":
+            return self.decoding.sampled(dict(self.model(model).sampling_override))
+        return GREEDY
+
+    def max_model_len(self, model: str) -> int:
+        return self.model(model).max_model_len or self.decoding.max_model_len

@@ -1,0 +1,129 @@
+"""Chat/thinking formats, one per model family (method.md section 2).
+
+A format turns an item's chat messages into prompt *strings that keep their special tokens*, and
+knows the family's markers:
+
+- `prompt(tok, messages)`: the rendered generation prompt with the thinking section opened
+  (the opener is appended only if the template did not already open it: QwQ's does);
+- `prefill(prompt, cot)`: the prompt with a given CoT placed inside the thinking section, closed,
+  and the answer phase opened (`empty` is `prefill(prompt, "")`);
+- `close(prompt, partial)`: a free run cut off inside its thinking, closed and moved to the
+  answer phase;
+- `split(completion)`: a completion of `prompt()` split into thinking and answer text.
+
+The CoT is placed directly after the opener and the closer directly after the CoT, with no added
+whitespace (as in the original study). A prefilled CoT never goes through a chat template as an
+assistant message: reasoning templates drop or rewrite earlier thinking.
+
+Chosen by the model's `family` key in the config, never by substrings of model names.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+FORMATS: dict[str, "Format"] = {}
+
+
+@dataclass(frozen=True, slots=True)
+class Split:
+    thinking: str
+    answer: str
+    closed: bool  # the close marker was generated
+
+
+@dataclass(frozen=True, slots=True)
+class Format:
+    family: str
+    version: str
+    opener: str
+    closer: str
+    answer_opener: str = ""
+    answer_closer: str = ""
+    template_kwargs: tuple[tuple[str, Any], ...] = ()
+
+    def prompt(self, tokenizer, messages: list[dict], **kwargs) -> str:
+        """Render the generation prompt with the thinking section opened exactly once."""
+        text = tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=True,
+            **dict(self.template_kwargs), **kwargs,
+        )
+        return self.open(text)
+
+    def open(self, rendered: str) -> str:
+        """Append the opener unless the rendered text (ignoring trailing whitespace) ends with it."""
+        if self.opener and rendered.rstrip().endswith(self.opener):
+            return rendered
+        return rendered + self.opener
+
+    def prefill(self, prompt: str, cot: str) -> str:
+        return prompt + cot + self.closer + self.answer_opener
+
+    def empty(self, prompt: str) -> str:
+        return self.prefill(prompt, "")
+
+    def close(self, prompt: str, partial_thinking: str) -> str:
+        return self.prefill(prompt, partial_thinking)
+
+    def split(self, completion: str) -> Split:
+        """Thinking = text before the first close marker (all of it if never closed)."""
+        head, sep, tail = completion.partition(self.closer) if self.closer else (completion, "", "")
+        if not sep:
+            return Split(thinking=completion, answer="", closed=False)
+        return Split(thinking=head, answer=self.answer_text(tail), closed=True)
+
+    def answer_text(self, text: str) -> str:
+        """The answer segment without the answer opener/closer markers."""
+        stripped = text.lstrip()
+        if self.answer_opener and stripped.startswith(self.answer_opener.strip()):
+            text = stripped[len(self.answer_opener.strip()):]
+        if self.answer_closer:
+            text = text.split(self.answer_closer, 1)[0]
+        return text.strip()
+
+    @property
+    def stops(self) -> tuple[str, ...]:
+        """Stop strings: only the answer closer, which cannot occur inside the thinking."""
+        return (self.answer_closer,) if self.answer_closer else ()
+
+    @property
+    def markers(self) -> tuple[str, ...]:
+        return tuple(m for m in (self.opener, self.closer, self.answer_opener, self.answer_closer) if m)
+
+
+def register(fmt: Format) -> Format:
+    if FORMATS.setdefault(fmt.family, fmt) is not fmt:
+        raise ValueError(f"format {fmt.family!r} registered twice")
+    return fmt
+
+
+def get_format(family: str) -> Format:
+    try:
+        return FORMATS[family]
+    except KeyError:
+        raise KeyError(f"unknown model family {family!r}; known: {sorted(FORMATS)}") from None
+
+
+# `<think>` ... `</think>`: QwQ, DAPO, Nemotron-Research-Reasoning, DeepSeek-R1 distills.
+THINK = register(Format(family="think", version="1", opener="<think>", closer="</think>"))
+
+# OpenThinker: begin/end of thought, answer inside begin/end of solution.
+OPENTHINKER = register(Format(
+    family="openthinker", version="1",
+    opener="<|begin_of_thought|>", closer="<|end_of_thought|>",
+    answer_opener="<|begin_of_solution|>", answer_closer="<|end_of_solution|>",
+))
+
+# Instruct models without a thinking mode are asked (in their prompt) to reason inside one
+# <think></think> block before answering (method.md section 2.2); they share the markers.
+PLAIN = register(Format(family="plain", version="1", opener="<think>", closer="</think>"))
+
+# gpt-oss harmony: analysis channel for the CoT, final channel for the answer.
+HARMONY = register(Format(
+    family="harmony", version="1",
+    opener="<|channel|>analysis<|message|>",
+    closer="<|end|>",
+    answer_opener="<|start|>assistant<|channel|>final<|message|>",
+    answer_closer="<|return|>",
+))

@@ -1,0 +1,294 @@
+"""One function per pipeline stage; `workflow/scripts/*.py` only unpack Snakemake's job object and
+call these. Each stage reads its inputs, calls the library, and writes its outputs through
+`cotransfer.io` (atomic, with provenance). Nothing here knows about Snakemake.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+import polars as pl
+
+from cotransfer import io
+from cotransfer.config import Study
+
+log = logging.getLogger("cotransfer")
+
+
+def setup_logging(logfile: str | None = None) -> None:
+    """Log to the job's log file (Snakemake `log:`) and to stderr, with timestamps."""
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if logfile:
+        Path(logfile).parent.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(logfile, mode="w"))
+    logging.basicConfig(level=logging.INFO, handlers=handlers, force=True,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+# --------------------------------------------------------------------------------------------
+# data and models
+
+
+def fetch_dataset(study: Study, dataset: str, dest: str) -> dict:
+    from cotransfer.datasets import get_adapter
+
+    spec = study.datasets[dataset]
+    info = get_adapter(spec.adapter)(spec).fetch(Path(dest))
+    io.write_json(Path(dest) / "fetch.json", {"dataset": dataset, **info})
+    return info
+
+
+def make_items(study: Study, dataset: str, raw: str | None, out: str, prov: dict) -> pl.DataFrame:
+    from cotransfer.datasets import get_adapter
+
+    spec = study.datasets[dataset]
+    adapter = get_adapter(spec.adapter)(spec)
+    items = adapter.load(Path(raw) if raw else None)
+    fetched = {}
+    if raw and (Path(raw) / "fetch.json").exists():
+        fetched = json.loads((Path(raw) / "fetch.json").read_text())
+    prov["datasets"] = {dataset: {**spec.params(), "adapter_version": adapter.version, **fetched}}
+    io.write_parquet(items, out, prov)
+    log.info("%s: %d items", dataset, items.height)
+    return items
+
+
+def prepare_model(study: Study, model: str, dest: str, manifest: str) -> dict:
+    """Download (hub, pinned revision), build (toy) or check (local path) a model; record it.
+
+    The manifest JSON holds the local path the inference jobs load offline, and for hub models
+    the resolved commit sha of the snapshot.
+    """
+    spec = study.model(model)
+    info: dict = {"model": model, **spec.params()}
+    if spec.source == "hub":
+        from huggingface_hub import snapshot_download
+
+        path = snapshot_download(
+            repo_id=spec.repo_id, revision=spec.revision,
+            allow_patterns=["*.safetensors", "*.json", "tokenizer*", "*.jinja", "*.model", "*.txt"],
+        )
+        info.update(path=path, resolved_revision=Path(path).name)
+    elif spec.source == "toy":
+        from cotransfer.toymodels import TOY_VERSION, build
+
+        path = str(build(dest, spec.family, spec.toy_params))
+        info.update(path=path, toy_version=TOY_VERSION, weights_sha256=io.sha256_path(path))
+    else:
+        path = spec.path
+        if not path or not Path(path).is_dir():
+            raise FileNotFoundError(f"models.{model}.path: {path!r} is not a directory")
+        info.update(path=str(Path(path).resolve()), weights_sha256=io.sha256_path(path))
+    io.write_json(manifest, info)
+    log.info("model %s ready at %s", model, info["path"])
+    return info
+
+
+def load_engine(study: Study, model: str, manifest: str):
+    from cotransfer.engine import Engine
+
+    info = json.loads(Path(manifest).read_text())
+    spec = study.model(model)
+    e = study.engine
+    return Engine(
+        info["path"], dtype=spec.dtype, tensor_parallel_size=spec.tensor_parallel_size,
+        max_model_len=study.max_model_len(model), seed=study.decoding.seed,
+        enforce_eager=e.get("enforce_eager", False),
+        gpu_memory_utilization=e.get("gpu_memory_utilization", 0.9),
+        cpu_kvcache_gib=e.get("cpu_kvcache_gib", 1),
+    ), info
+
+
+def _model_prov(info: dict, engine) -> dict:
+    return {**info, "engine": engine.settings}
+
+
+# --------------------------------------------------------------------------------------------
+# inference
+
+
+def generate(study: Study, dataset: str, model: str, items_path: str, manifest: str,
+             out: dict[str, str], prov: dict) -> None:
+    """Free runs of one model on one dataset: empty, default (greedy) and sampled.
+
+    `out` keys: empty, default, sampled (generation tables) and cot_default, cot_sampled (CoT tables).
+    """
+    from cotransfer.config import GREEDY
+    from cotransfer.inference import Job, cots_from_generations, free_run, items_list, prefilled_run
+
+    items = items_list(pl.read_parquet(items_path))
+    engine, info = load_engine(study, model, manifest)
+    job = Job(study, dataset, model, engine)
+    sampled = study.sampling_for(model, "sampled")
+    prov["models"] = {model: _model_prov(info, engine)}
+    prov["decoding"] = {"decoding": _asdict(study.decoding), "greedy": _asdict(GREEDY),
+                        "sampled": _asdict(sampled)}
+    tables = {
+        "empty": prefilled_run(job, items, None, condition="empty", variant=None, cot_source=None),
+        "default": free_run(job, items, "default", GREEDY, 1),
+        "sampled": free_run(job, items, "sampled", sampled, study.decoding.n_samples),
+    }
+    for cond, df in tables.items():
+        io.write_parquet(df, out[cond], prov)
+    io.write_parquet(cots_from_generations(tables["default"], model), out["cot_default"], prov)
+    io.write_parquet(cots_from_generations(tables["sampled"], model), out["cot_sampled"], prov)
+
+
+def prefill(study: Study, dataset: str, evaluator: str, condition: str, variant: str, source: str,
+            items_path: str, cots_path: str, manifest: str, out: str, prov: dict) -> None:
+    """A given CoT prefilled into `evaluator`: transfer, ensemble, or the stripped self-prefill
+    of the default and sampled conditions (`source` is then the evaluator itself)."""
+    from cotransfer.inference import Job, items_list, prefilled_run
+
+    items = items_list(pl.read_parquet(items_path))
+    cots = pl.read_parquet(cots_path)
+    engine, info = load_engine(study, evaluator, manifest)
+    sampling = study.sampling_for(evaluator, condition)
+    prov["models"] = {evaluator: _model_prov(info, engine)}
+    prov["decoding"] = {"decoding": _asdict(study.decoding), "answer_phase": _asdict(sampling)}
+    cot_source = source if condition in ("transfer", "ensemble") else None
+    df = prefilled_run(Job(study, dataset, evaluator, engine), items, cots, condition=condition,
+                       variant=variant, cot_source=cot_source, sampling=sampling)
+    io.write_parquet(df, out, prov)
+
+
+def ensemble(study: Study, dataset: str, name: str, items_path: str, manifests: dict[str, str],
+             out_cots: str, out_steps: str, prov: dict) -> None:
+    from cotransfer import ensemble as ens
+    from cotransfer.inference import items_list
+
+    spec = study.ensembles[name]
+    items = items_list(pl.read_parquet(items_path))
+    engines, infos = {}, {}
+    for m in spec.members:  # every member resident at once, each loaded exactly once
+        engines[m], infos[m] = load_engine(study, m, manifests[m])
+    prov["models"] = {m: _model_prov(infos[m], engines[m]) for m in spec.members}
+    prov["decoding"] = {"ensemble": spec.params(), "seed": study.decoding.seed}
+    rows, steps = ens.run(study, dataset, spec, items, engines)
+    io.write_parquet(steps, out_steps, prov)
+    io.write_parquet(rows, out_cots, prov)
+
+
+# --------------------------------------------------------------------------------------------
+# CPU stages
+
+
+def split(cots_path: str, out: str, prov: dict) -> None:
+    from cotransfer.sentences import SPLITTER_VERSION
+    from cotransfer.sentences import split as split_text
+
+    cots = pl.read_parquet(cots_path)
+    rows = []
+    for r in cots.iter_rows(named=True):
+        for s in split_text(r["cot"] or ""):
+            rows.append({"dataset": r["dataset"], "item_id": r["item_id"], "sample": r["sample"],
+                         "cot_source": r["cot_source"], "sentence_idx": s.index,
+                         "char_start": s.start, "char_end": s.end, "text": s.text})
+    schema = {"dataset": pl.String, "item_id": pl.String, "sample": pl.Int64, "cot_source": pl.String,
+              "sentence_idx": pl.Int64, "char_start": pl.Int64, "char_end": pl.Int64, "text": pl.String}
+    prov.setdefault("extra", {})["splitter_version"] = SPLITTER_VERSION
+    io.write_parquet(pl.DataFrame(rows, schema=schema), out, prov)
+
+
+def strip(study: Study, dataset: str, cots_path: str, generations_path: str | None,
+          items_path: str, out: str, prov: dict, manifest: str | None = None) -> None:
+    """Answer removal: the stripped CoT is an ordered subset of the original sentences.
+
+    method `rule` drops sentences that state the source's own parsed answer (CPU);
+    method `llm` asks the filter model which sentences state the answer (index mode).
+    """
+    from cotransfer import strip as S
+    from cotransfer.datasets import get_adapter
+
+    cots = pl.read_parquet(cots_path)
+    answers: dict[tuple[str, int], str | None] = {}
+    if generations_path:
+        spec = study.datasets[dataset]
+        adapter = get_adapter(spec.adapter)(spec)
+        from cotransfer.inference import items_list
+
+        items = {it["item_id"]: it for it in items_list(pl.read_parquet(items_path))}
+        for r in pl.read_parquet(generations_path).iter_rows(named=True):
+            answers[(r["item_id"], r["sample"])] = adapter.parse_and_score(r["answer_text"], items[r["item_id"]]).answer
+    results = []
+    recs = list(cots.iter_rows(named=True))
+    if study.strip_method == "llm":
+        engine, info = load_engine(study, study.strip_model, manifest)
+        prov["models"] = {study.strip_model: _model_prov(info, engine)}
+        results = _llm_strip(study, engine, recs, answers)
+    else:
+        results = [S.strip_rule(r["cot"] or "", answers.get((r["item_id"], r["sample"])), joiner=study.strip_joiner)
+                   for r in recs]
+    rows = []
+    for r, res in zip(recs, results):
+        rows.append({**{k: r[k] for k in ("dataset", "item_id", "sample", "cot_source")}, "cot": res.text,
+                     "n_in": res.n_in, "n_out": res.n_out, "char_ratio": res.char_ratio,
+                     "status": res.status, "answer_still_present": res.answer_still_present})
+    prov.setdefault("extra", {}).update(strip_method=study.strip_method, strip_version=S.STRIP_VERSION)
+    df = pl.DataFrame(rows, schema={"dataset": pl.String, "item_id": pl.String, "sample": pl.Int64,
+                                    "cot_source": pl.String, "cot": pl.String, "n_in": pl.Int64,
+                                    "n_out": pl.Int64, "char_ratio": pl.Float64, "status": pl.String,
+                                    "answer_still_present": pl.Boolean})
+    io.write_parquet(df, out, prov)
+
+
+def _llm_strip(study: Study, engine, recs: list[dict], answers: dict) -> list:
+    from cotransfer import strip as S
+    from cotransfer.config import GREEDY
+    from cotransfer.engine import Request
+    from cotransfer.formats import get_format
+    from cotransfer.sentences import split as split_text
+
+    fmt = get_format(study.model(study.strip_model).family)
+    sents = [split_text(r["cot"] or "") for r in recs]
+    reqs = []
+    for ss in sents:
+        prompt = engine.tokenizer.apply_chat_template(S.filter_prompt(ss), tokenize=False, add_generation_prompt=True)
+        reqs.append(Request(fmt.empty(fmt.open(prompt)), 256, GREEDY))
+    outs = engine.generate(reqs, what="answer-removal filter")
+    results = []
+    for r, ss, out in zip(recs, sents, outs):
+        drop, status = S.parse_filter_output(fmt.answer_text(out.text), len(ss))
+        results.append(S.strip_with_drops(r["cot"] or "", drop, joiner=study.strip_joiner,
+                                          answer=answers.get((r["item_id"], r["sample"])), status=status))
+    return results
+
+
+def score(study: Study, dataset: str, items_path: str, generation_paths: list[str], out: str, prov: dict) -> None:
+    from cotransfer.scoring import score_generations
+
+    gens = pl.concat([pl.read_parquet(p) for p in generation_paths], how="vertical")
+    scored = score_generations(study.datasets[dataset], pl.read_parquet(items_path), gens)
+    io.write_parquet(scored, out, prov)
+
+
+def aggregate(study: Study, scored_paths: list[str], out: dict[str, str], prov: dict) -> None:
+    from cotransfer import metrics
+    from cotransfer.scoring import ANSWER_COLUMNS
+
+    answers = pl.concat([pl.read_parquet(p) for p in scored_paths], how="vertical")
+    answers = answers.select(ANSWER_COLUMNS + [c for c in answers.columns if c not in ANSWER_COLUMNS])
+    cons = pl.concat([metrics.consistency(answers, definition=d) for d in ("paper", "strict")])
+    io.write_parquet(answers, out["answers"], prov)
+    io.write_parquet(cons, out["consistency"], prov)
+    io.write_parquet(metrics.condition_summary(cons), out["summary"], prov)
+    io.write_parquet(metrics.accuracy(answers), out["accuracy"], prov)
+
+
+def figures(study: Study, consistency: str, accuracy: str, out: dict[str, str]) -> None:
+    from cotransfer import figures as F
+
+    cons = pl.read_parquet(consistency).filter(pl.col("definition") == study.consistency_definition)
+    F.consistency_heatmaps(cons, out["heatmap"])
+    F.accuracy_chart(pl.read_parquet(accuracy), out["accuracy"])
+    F.overview_bars(cons, out["overview"])
+
+
+def _asdict(obj) -> dict:
+    from dataclasses import asdict
+
+    return asdict(obj)
+

@@ -1,0 +1,71 @@
+import pytest
+
+from cotransfer.config import ConfigError, Study, config_sha256, validate
+
+
+def test_shipped_configs_validate(demo_config, paper_config):
+    demo = Study.from_dict(validate(demo_config))
+    paper = Study.from_dict(validate(paper_config))
+    assert len(demo.models) == 3 and {m.source for m in demo.models.values()} == {"toy"}
+    assert list(paper.models) == ["nrr", "opent", "oss", "qwq", "dapo"]
+    assert set(paper.datasets) == {"medcalc", "ii"}
+    assert len(paper.ensembles) == 3
+    assert paper.model("qwq").tensor_parallel_size == 2
+
+
+def test_defaults_are_filled(demo_config):
+    del demo_config["decoding"]
+    del demo_config["engine"]
+    validate(demo_config)
+    assert demo_config["decoding"]["seed"] == 42
+    assert demo_config["decoding"]["top_k"] == -1
+    assert demo_config["engine"]["shard_size"] == 256
+    assert demo_config["models"]["toy_qwq"]["dtype"] == "bfloat16"
+    assert demo_config["models"]["toy_dapo"]["toy"]["opens_thinking"] is False
+    assert demo_config["consistency"] == {"definition": "paper"}
+
+
+@pytest.mark.parametrize(
+    "mutate, named",
+    [
+        (lambda c: c.update(bogus=1), "bogus"),
+        (lambda c: c["decoding"].update(temprature=0.5), "decoding.temprature"),
+        (lambda c: c["models"]["toy_qwq"].update(colour="red"), "models.toy_qwq.colour"),
+        (lambda c: c["decoding"].update(temperature="hot"), "decoding.temperature"),
+        (lambda c: c["decoding"].update(top_p=1.5), "decoding.top_p"),
+        (lambda c: c["models"]["toy_qwq"].update(family="llama"), "models.toy_qwq.family"),
+        (lambda c: c["models"]["toy_qwq"].update(repo_id="a/b"), "models.toy_qwq"),
+        (lambda c: c["models"].update({"bad/name": c["models"]["toy_qwq"]}), "bad/name"),
+        (lambda c: c["datasets"]["toyarith"].update(adapter="nope"), "datasets.toyarith.adapter"),
+        (lambda c: c["ensembles"]["qwq_dapo__opent"].update(evaluators=["ghost"]), "ensembles.qwq_dapo__opent.evaluators"),
+        (lambda c: c.update(strip={"method": "llm"}), "strip.model"),
+    ],
+)
+def test_bad_config_names_the_key(demo_config, mutate, named):
+    mutate(demo_config)
+    with pytest.raises(ConfigError) as err:
+        validate(demo_config)
+    assert named in str(err.value)
+
+
+def test_temperature_hot_message(demo_config):
+    demo_config["decoding"]["temperature"] = "hot"
+    with pytest.raises(ConfigError, match=r"decoding\.temperature: 'hot' is not of type 'number'"):
+        validate(demo_config)
+
+
+def test_config_hash_is_canonical(demo_config):
+    a = config_sha256(demo_config)
+    reordered = dict(reversed(list(demo_config.items())))
+    assert config_sha256(reordered) == a
+    demo_config["decoding"]["seed"] = 7
+    assert config_sha256(demo_config) != a
+
+
+def test_sampling_override_per_model(paper_config):
+    study = Study.from_dict(validate(paper_config))
+    assert study.sampling_for("qwq", "sampled").top_p == 0.95
+    assert study.sampling_for("qwq", "sampled").top_k == 40
+    assert study.sampling_for("nrr", "sampled").top_p == 1.0
+    assert study.sampling_for("qwq", "default").greedy
+    assert study.ensembles["qwq_oss__dapo"].members == ("qwq", "oss", "dapo")

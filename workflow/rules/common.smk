@@ -1,0 +1,211 @@
+# Configuration, typed view, wildcard vocabulary, input/params/resource functions.
+# Rules stay declarative; everything computed lives here (or in the cotransfer library).
+
+from dataclasses import asdict
+from pathlib import Path
+
+from snakemake.exceptions import WorkflowError
+
+import cotransfer
+from cotransfer.config import ConfigError, Study, validate as validate_config
+from cotransfer.datasets import get_adapter
+from cotransfer.formats import get_format
+
+try:
+    validate_config(config, Path(workflow.basedir) / "workflow/schemas/config.schema.yaml")
+except ConfigError as err:
+    raise WorkflowError(str(err)) from None
+
+STUDY = Study.from_dict(config)
+R = STUDY.results
+RES = STUDY.resources
+MODELS = list(STUDY.models)
+ENSEMBLES = list(STUDY.ensembles)
+DATASETS = list(STUDY.datasets)
+VARIANTS = ["full", "stripped"]
+
+
+def _alt(names):
+    return "|".join(names) if names else "(?!)"  # (?!) never matches: no such wildcard values
+
+
+wildcard_constraints:
+    dataset=_alt(DATASETS),
+    model=_alt(MODELS),
+    anymodel=_alt(list(STUDY.all_models)),
+    ensemble=_alt(ENSEMBLES),
+    source=_alt(MODELS + ENSEMBLES),
+    variant="full|stripped",
+    kind="default|sampled|ensemble",
+
+
+localrules:
+    fetch_dataset,
+    prepare_model,
+    items,
+    split,
+    score,
+    aggregate,
+    figures,
+
+
+if STUDY.strip_method == "rule":
+
+    localrules:
+        strip,
+
+
+# ---------------------------------------------------------------------------------------------
+# paths
+
+
+def manifest(model):
+    return f"{RES}/models/{model}.json"
+
+
+def items_path(dataset):
+    return f"{R}/items/{dataset}.parquet"
+
+
+def generation_paths(dataset):
+    """Every generation table of one dataset (what the score rule reads)."""
+    out = []
+    for m in MODELS:
+        out.append(f"{R}/generations/{dataset}/{m}/empty.parquet")
+        for cond in ("default", "sampled"):
+            out += [f"{R}/generations/{dataset}/{m}/{cond}/{v}.parquet" for v in VARIANTS]
+        for v in VARIANTS:
+            out += [f"{R}/generations/{dataset}/{m}/transfer/{v}/{s}.parquet" for s in MODELS]
+            out += [f"{R}/generations/{dataset}/{m}/ensemble/{v}/{e}.parquet" for e in ENSEMBLES]
+    return out
+
+
+TABLES = {name: f"{R}/tables/{name}.parquet" for name in ("answers", "consistency", "consistency_summary", "accuracy")}
+FIGURES = {name: f"{R}/figures/{name}.png" for name in ("heatmap", "accuracy", "overview")}
+
+
+def get_final_outputs():
+    return list(TABLES.values()) + list(FIGURES.values())
+
+
+# ---------------------------------------------------------------------------------------------
+# input functions
+
+
+def get_items_input(wildcards):
+    spec = STUDY.datasets[wildcards.dataset]
+    if get_adapter(spec.adapter).remote or spec.path:
+        return {"raw": f"{RES}/data/{wildcards.dataset}/fetch.json"}
+    return {}
+
+
+def get_prefill_cots(wildcards):
+    """The CoT a prefill job gives its evaluator: its own stripped CoT, a model's, or an ensemble's."""
+    if wildcards.condition in ("default", "sampled"):
+        return f"{R}/cots/{wildcards.dataset}/stripped/{wildcards.model}/{wildcards.condition}.parquet"
+    is_ensemble = wildcards.source in STUDY.ensembles
+    if is_ensemble != (wildcards.condition == "ensemble"):
+        raise WorkflowError(f"{wildcards.source!r} is not a CoT source of condition {wildcards.condition!r}")
+    kind = "ensemble" if is_ensemble else "default"
+    return f"{R}/cots/{wildcards.dataset}/{wildcards.variant}/{wildcards.source}/{kind}.parquet"
+
+
+def get_strip_input(wildcards):
+    d = {
+        "items": items_path(wildcards.dataset),
+        "cots": f"{R}/cots/{wildcards.dataset}/full/{wildcards.source}/{wildcards.kind}.parquet",
+        "sentences": f"{R}/sentences/{wildcards.dataset}/{wildcards.source}/{wildcards.kind}.parquet",
+    }
+    if wildcards.source in STUDY.models:  # the source's own answer tells the rule what to drop
+        d["generations"] = f"{R}/generations/{wildcards.dataset}/{wildcards.source}/{wildcards.kind}/full.parquet"
+    if STUDY.strip_method == "llm":
+        d["model"] = manifest(STUDY.strip_model)
+    return d
+
+
+def get_ensemble_manifests(wildcards):
+    return {m: manifest(m) for m in STUDY.ensembles[wildcards.ensemble].members}
+
+
+def get_scored():
+    return [f"{R}/scored/{d}.parquet" for d in DATASETS]
+
+
+# ---------------------------------------------------------------------------------------------
+# params: result-defining values only, so that a real change re-runs exactly what it affects
+
+
+def _dataset_params(dataset):
+    spec = STUDY.datasets[dataset]
+    return {**spec.params(), "adapter_version": get_adapter(spec.adapter).version}
+
+
+def _model_params(model):
+    spec = STUDY.model(model)
+    return {**spec.params(), "format_version": get_format(spec.family).version}
+
+
+def dataset_params(wildcards):
+    return _dataset_params(wildcards.dataset)
+
+
+def model_params(wildcards):
+    return _model_params(wildcards.anymodel)
+
+
+def run_params(wildcards):
+    """Everything that defines an inference job's results."""
+    models = [wildcards.model] if hasattr(wildcards, "model") else list(STUDY.ensembles[wildcards.ensemble].members)
+    return {
+        "code": cotransfer.__version__,
+        "dataset": _dataset_params(wildcards.dataset),
+        "models": [_model_params(m) for m in models],
+        "decoding": asdict(STUDY.decoding),
+        "ensemble": STUDY.ensembles[wildcards.ensemble].params() if hasattr(wildcards, "ensemble") else None,
+    }
+
+
+def strip_params(wildcards):
+    return {"method": STUDY.strip_method, "joiner": STUDY.strip_joiner,
+            "model": _model_params(STUDY.strip_model) if STUDY.strip_method == "llm" else None,
+            "code": cotransfer.__version__}
+
+
+def score_params(wildcards):
+    return {"dataset": _dataset_params(wildcards.dataset), "code": cotransfer.__version__}
+
+
+# ---------------------------------------------------------------------------------------------
+# resources: GPUs from tensor parallelism, memory and runtime growing with each retry
+
+
+def _gpus(models):
+    return sum(STUDY.model(m).tensor_parallel_size for m in models if STUDY.model(m).source != "toy")
+
+
+def gpus_model(wildcards):
+    return _gpus([wildcards.model])
+
+
+def gpus_ensemble(wildcards):
+    return _gpus(STUDY.ensembles[wildcards.ensemble].members)
+
+
+def gpus_strip(wildcards):
+    return _gpus([STUDY.strip_model]) if STUDY.strip_method == "llm" else 0
+
+
+def mem_mb_gpu(wildcards, attempt):
+    return 64000 * attempt
+
+
+def runtime_gpu(wildcards, attempt):
+    return 240 * attempt
+
+
+def mem_mb_cpu(wildcards, attempt):
+    return 8000 * attempt
+
+
+def get_generations(wildcards):
+    return generation_paths(wildcards.dataset)

@@ -1,0 +1,10 @@
+from cotransfer import io, stages
+from cotransfer.config import Study
+
+if __name__ == "__main__":  # vLLM may spawn workers that re-import this file
+    stages.setup_logging(snakemake.log[0])
+    study = Study.from_dict(snakemake.config)
+    name = snakemake.wildcards.ensemble
+    manifests = {m: snakemake.input[m] for m in study.ensembles[name].members}
+    stages.ensemble(study, snakemake.wildcards.dataset, name, snakemake.input.items, manifests,
+                    snakemake.output.cots, snakemake.output.steps, io.provenance_from_snakemake(snakemake))

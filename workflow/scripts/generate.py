@@ -1,0 +1,9 @@
+from cotransfer import io, stages
+from cotransfer.config import Study
+
+if __name__ == "__main__":  # vLLM may spawn workers that re-import this file
+    stages.setup_logging(snakemake.log[0])
+    wc = snakemake.wildcards
+    stages.generate(Study.from_dict(snakemake.config), wc.dataset, wc.model, snakemake.input.items,
+                    snakemake.input.model, dict(snakemake.output.items()),
+                    io.provenance_from_snakemake(snakemake))
