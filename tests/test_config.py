@@ -19,7 +19,7 @@ def test_defaults_are_filled(demo_config):
     validate(demo_config)
     assert demo_config["decoding"]["seed"] == 42
     assert demo_config["decoding"]["top_k"] == -1
-    assert demo_config["engine"]["shard_size"] == 256
+    assert demo_config["engine"]["gpu_memory_utilization"] == 0.9
     assert demo_config["models"]["toy_qwq"]["dtype"] == "bfloat16"
     assert demo_config["models"]["toy_dapo"]["toy"]["opens_thinking"] is False
     assert demo_config["consistency"] == {"definition": "paper"}

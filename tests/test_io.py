@@ -27,6 +27,11 @@ def test_provenance_survives_and_is_visible_to_both_readers(tmp_path, demo_confi
     assert pl.read_parquet(out)["x"].to_list() == [1, 2]
 
 
+def test_atomic_write_respects_umask(tmp_path):
+    dest = io.write_text(tmp_path / "t.txt", "x")
+    assert dest.stat().st_mode & 0o777 == 0o666 & ~io._umask()
+
+
 def test_atomic_write_leaves_old_file_on_failure(tmp_path):
     dest = tmp_path / "t.txt"
     io.write_text(dest, "old")

@@ -112,7 +112,7 @@ def get_prefill_cots(wildcards):
 
 def get_strip_input(wildcards):
     d = {
-        "items": items_path(wildcards.dataset),
+        "itemsfile": items_path(wildcards.dataset),
         "cots": f"{R}/cots/{wildcards.dataset}/full/{wildcards.source}/{wildcards.kind}.parquet",
         "sentences": f"{R}/sentences/{wildcards.dataset}/{wildcards.source}/{wildcards.kind}.parquet",
     }

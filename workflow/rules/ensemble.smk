@@ -5,7 +5,7 @@
 rule ensemble:
     input:
         unpack(get_ensemble_manifests),
-        items=f"{R}/items/{{dataset}}.parquet",
+        itemsfile=f"{R}/items/{{dataset}}.parquet",
     output:
         cots=f"{R}/cots/{{dataset}}/full/{{ensemble}}/ensemble.parquet",
         steps=f"{R}/ensembles/{{dataset}}/{{ensemble}}.steps.parquet",

@@ -3,7 +3,7 @@
 
 rule generate:
     input:
-        items=f"{R}/items/{{dataset}}.parquet",
+        itemsfile=f"{R}/items/{{dataset}}.parquet",
         model=f"{RES}/models/{{model}}.json",
     output:
         empty=f"{R}/generations/{{dataset}}/{{model}}/empty.parquet",

@@ -3,7 +3,7 @@
 
 rule score:
     input:
-        items=f"{R}/items/{{dataset}}.parquet",
+        itemsfile=f"{R}/items/{{dataset}}.parquet",
         generations=get_generations,
     output:
         f"{R}/scored/{{dataset}}.parquet",

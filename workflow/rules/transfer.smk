@@ -5,7 +5,7 @@
 
 rule transfer:
     input:
-        items=f"{R}/items/{{dataset}}.parquet",
+        itemsfile=f"{R}/items/{{dataset}}.parquet",
         model=f"{RES}/models/{{model}}.json",
         cots=get_prefill_cots,
     output:
@@ -28,7 +28,7 @@ rule transfer:
 
 rule selfprefill:
     input:
-        items=f"{R}/items/{{dataset}}.parquet",
+        itemsfile=f"{R}/items/{{dataset}}.parquet",
         model=f"{RES}/models/{{model}}.json",
         cots=get_prefill_cots,
     output:

@@ -6,5 +6,5 @@ if __name__ == "__main__":  # vLLM may spawn workers that re-import this file
     study = Study.from_dict(snakemake.config)
     name = snakemake.wildcards.ensemble
     manifests = {m: snakemake.input[m] for m in study.ensembles[name].members}
-    stages.ensemble(study, snakemake.wildcards.dataset, name, snakemake.input.items, manifests,
+    stages.ensemble(study, snakemake.wildcards.dataset, name, snakemake.input.itemsfile, manifests,
                     snakemake.output.cots, snakemake.output.steps, io.provenance_from_snakemake(snakemake))

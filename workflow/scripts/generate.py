@@ -4,6 +4,6 @@ from cotransfer.config import Study
 if __name__ == "__main__":  # vLLM may spawn workers that re-import this file
     stages.setup_logging(snakemake.log[0])
     wc = snakemake.wildcards
-    stages.generate(Study.from_dict(snakemake.config), wc.dataset, wc.model, snakemake.input.items,
+    stages.generate(Study.from_dict(snakemake.config), wc.dataset, wc.model, snakemake.input.itemsfile,
                     snakemake.input.model, dict(snakemake.output.items()),
                     io.provenance_from_snakemake(snakemake))

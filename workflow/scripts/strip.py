@@ -5,5 +5,5 @@ if __name__ == "__main__":  # the llm method starts vLLM
     stages.setup_logging(snakemake.log[0])
     inp = snakemake.input
     stages.strip(Study.from_dict(snakemake.config), snakemake.wildcards.dataset, inp.cots, inp.sentences,
-                 inp.get("generations"), inp.items, snakemake.output[0],
+                 inp.get("generations"), inp.itemsfile, snakemake.output[0],
                  io.provenance_from_snakemake(snakemake), manifest=inp.get("model"))

@@ -75,6 +75,10 @@ class DatasetAdapter:
         """Return the sampled items table (ITEM_SCHEMA columns), drawn once, in sample order."""
         raise NotImplementedError
 
+    def load_all(self, raw: Path | None) -> pl.DataFrame:
+        """Every item of the raw data, unsampled (for `cotransfer score`); default: `load`."""
+        return self.load(raw)
+
     # -- scoring ----------------------------------------------------------------------------
 
     def parse_and_score(self, answer_text: str | None, item: dict) -> Scored:

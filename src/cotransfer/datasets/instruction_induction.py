@@ -35,7 +35,6 @@ the repository, `{task}` filled in).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 import re
@@ -48,6 +47,7 @@ from pathlib import Path
 import polars as pl
 
 from cotransfer.datasets.base import DatasetAdapter, Scored, register
+from cotransfer.io import sha256_file
 
 ORIGINAL_TASKS = ("cause_and_effect", "larger_animal", "num_to_verbal", "orthography_starts_with",
                   "rhymes", "synonyms", "taxonomy_animal", "translation_en-fr")
@@ -95,10 +95,6 @@ def normalize_instruction(text: str | None) -> str:
 
 
 # -- files -----------------------------------------------------------------------------------
-
-
-def sha256_file(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _files(root: Path) -> dict[str, str]:

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import ast
 import datetime as _dt
-import hashlib
 import json
 import logging
 import math
@@ -48,6 +47,7 @@ from pathlib import Path
 import polars as pl
 
 from cotransfer.datasets.base import DatasetAdapter, Scored, register
+from cotransfer.io import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -166,20 +166,43 @@ def _finite(x: float) -> float:
 # method.md 4.1: `answer`/`Answer`, the shortest run up to a colon on the same line, optional
 # whitespace and (straight or curly) double quote, then the shortest value that ends at an optional
 # closing quote, optional whitespace and a `}`, a newline or the end of the text. Last match wins.
-_ANSWER = re.compile(r'[Aa]nswer[^\n]*?:\s*["\u201c\u201d]?(.*?)["\u201c\u201d]?\s*(?:\}|\n|\Z)')
+# The value is taken here as everything up to the first `}` or newline, and the closing quote and
+# whitespace are stripped afterwards: the same text, without a lazy group whose backtracking is
+# quadratic on long lines.
+_ANSWER_WORD = re.compile(r"[Aa]nswer")
+_ANSWER = re.compile(r'[Aa]nswer[^\n:]*:\s*["\u201c\u201d]?([^}\n]*)')
 _STRIP = " \t\r\n\"'`*,\u201c\u201d\u2018\u2019"
+_JSON_ESCAPE = re.compile(r"\\u([0-9a-fA-F]{4})")
+
+
+def _last_answer_match(text: str) -> str | None:
+    """What `re.finditer` of the pattern would give last, in linear time.
+
+    A plain finditer retries at every later "answer" of a line that has no colon left, scanning
+    to the line's end each time (seconds on a degenerate "answer answer ..." output). No later
+    "answer" on such a line can match, so the scan jumps to the next line instead.
+    """
+    value, pos = None, 0
+    while (word := _ANSWER_WORD.search(text, pos)) is not None:
+        line_end = text.find("\n", word.end())
+        line_end = len(text) if line_end < 0 else line_end
+        if text.find(":", word.end(), line_end) < 0:
+            pos = line_end
+            continue
+        m = _ANSWER.match(text, word.start())
+        value, pos = m.group(1), m.end()
+    return value
 
 
 def extract_answer(text: str | None) -> str | None:
     """The answer value of the last `answer: value` match, or None (not found / echoed schema)."""
     if not text:
         return None
-    value = None
-    for m in _ANSWER.finditer(text):
-        value = m.group(1)
+    value = _last_answer_match(text)
     if value is None:
         return None
-    value = value.strip(_STRIP)
+    # JSON written with ASCII escapes ("m\u00b2", "\u22128.1") reads as the characters meant
+    value = _JSON_ESCAPE.sub(lambda m: chr(int(m.group(1), 16)), value).strip(_STRIP)
     if not value or value in PLACEHOLDERS or "short_and_direct_answer" in value:
         return None
     return value
@@ -368,14 +391,6 @@ def score_answer(answer_text: str | None, calculator_id: int, gold: str,
 # -- files ---------------------------------------------------------------------------------------
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _data_files(root: Path) -> list[Path]:
     """Every file under `root`, outside hidden folders such as huggingface_hub's `.cache/`."""
     return sorted(p for p in root.rglob("*")
@@ -482,6 +497,13 @@ class MedCalc(DatasetAdapter):
 
     def load(self, raw: Path) -> pl.DataFrame:
         """Draw the sample (see the module docstring) and build the items table in sample order."""
+        return self._load(raw, sample=True)
+
+    def load_all(self, raw: Path) -> pl.DataFrame:
+        """Every row of the table as an item (for re-scoring), in file order."""
+        return self._load(raw, sample=False)
+
+    def _load(self, raw: Path, sample: bool) -> pl.DataFrame:
         import numpy as np
 
         spec = self.spec
@@ -502,16 +524,19 @@ class MedCalc(DatasetAdapter):
                              "upstream row order, so the table must be in it")
 
         n = DEFAULT_N_ITEMS if spec.n_items is None else int(spec.n_items)
-        if table.height < n:
+        if not sample:
+            positions = list(range(table.height))
+        elif table.height < n:
             log.warning("%s: %d rows < n_items=%d; using every row in file order", path, table.height, n)
             positions = list(range(table.height))
         else:
             positions = np.random.RandomState(spec.seed).choice(table.height, size=n, replace=False).tolist()
-        sample = table.select(pl.all().gather(positions))
-        check_calculator_ids(sample["Calculator ID"].to_list())
+        rows = table.select(pl.all().gather(positions))
+        if sample:
+            check_calculator_ids(rows["Calculator ID"].to_list())
 
         items = []
-        for r in sample.iter_rows(named=True):
+        for r in rows.iter_rows(named=True):
             items.append({
                 "item_id": str(r["Row Number"]),
                 "system": SYSTEM,

