@@ -54,3 +54,21 @@ def test_directory_hash_changes_with_content(tmp_path):
     h1 = io.sha256_path(tmp_path)
     (tmp_path / "a").write_text("2")
     assert io.sha256_path(tmp_path) != h1
+
+
+def test_provenance_from_snakemake_flattens_named_lists(tmp_path):
+    from types import SimpleNamespace
+
+    from snakemake.iocontainers import InputFiles
+
+    files = []
+    for name in ("a", "b", "c"):
+        (tmp_path / name).write_text(name)
+        files.append(str(tmp_path / name))
+    inp = InputFiles(files)
+    inp._set_name("itemsfile", 0)
+    inp._set_name("generations", 1, 3)
+    smk = SimpleNamespace(rule="score", wildcards=InputFiles([]), config={"x": 1}, input=inp)
+    prov = io.provenance_from_snakemake(smk)
+    assert set(prov["inputs"]) == {"itemsfile", "generations[0]", "generations[1]"}
+    assert prov["inputs"]["generations[1]"]["sha256"] == io.sha256_file(tmp_path / "c")

@@ -38,8 +38,10 @@ def _audit(path: Path, depth: int, seen: set, out) -> None:
         rev = m.get("resolved_revision") or m.get("revision") or m.get("weights_sha256", "")[:16]
         out.write(f"{pad}  model {name}: {where} @ {rev}\n")
     for name, d in (prov.get("datasets") or {}).items():
-        out.write(f"{pad}  dataset {name}: {d.get('repo_id') or d.get('path') or d.get('adapter')}"
-                  f" @ {d.get('resolved_revision') or d.get('revision')}\n")
+        where = d.get("repo_id") or d.get("path")
+        rev = f" @ {d.get('resolved_revision') or d.get('revision')}" if d.get("repo_id") else ""
+        out.write(f"{pad}  dataset {name}: adapter {d.get('adapter')} v{d.get('adapter_version')}"
+                  f"{f' from {where}' if where else ''}{rev}\n")
     pk = prov.get("packages") or {}
     out.write(f"{pad}  packages " + ", ".join(f"{k} {v}" for k, v in pk.items() if v) + "\n")
     for name, inp in (prov.get("inputs") or {}).items():

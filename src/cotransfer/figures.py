@@ -148,12 +148,12 @@ def accuracy_chart(accuracy_df: pl.DataFrame, out_png: str | os.PathLike) -> Pat
 
     if accuracy_df.is_empty():
         return _save(_empty_figure("no answers"), out_png)
-    df = _canonical_order(accuracy_df).with_columns(label=_label("\n"))
+    df = _canonical_order(accuracy_df).with_columns(label=_label(" / "))
     datasets = df["dataset"].unique(maintain_order=True).to_list()
     evaluators = sorted(df["evaluator"].unique())
     n_groups = max(df.filter(dataset=d)["label"].n_unique() for d in datasets)
     width = 0.8 / len(evaluators)
-    fig = Figure(figsize=(max(6.0, 1.0 + n_groups * (0.3 + 0.15 * len(evaluators))), 3.8 * len(datasets)),
+    fig = Figure(figsize=(max(6.0, 1.0 + n_groups * (0.3 + 0.15 * len(evaluators))), 4.6 * len(datasets)),
                  layout="constrained")
     axes = fig.subplots(len(datasets), 1, squeeze=False)[:, 0]
     for ax, ds in zip(axes, datasets):
@@ -164,7 +164,7 @@ def accuracy_chart(accuracy_df: pl.DataFrame, out_png: str | os.PathLike) -> Pat
             bars = sub.filter(evaluator=ev)
             x = [position[lab] - 0.4 + (k + 0.5) * width for lab in bars["label"]]
             ax.bar(x, bars["accuracy"].to_numpy(), width, yerr=bars["se"].to_numpy(), capsize=2, label=ev)
-        ax.set_xticks(range(len(labels)), labels, fontsize=8)
+        ax.set_xticks(range(len(labels)), labels, rotation=35, ha="right", fontsize=8)
         ax.set_ylim(0, 1.05)
         ax.set_ylabel("accuracy")
         ax.set_title(ds, fontsize=10)

@@ -205,7 +205,13 @@ def provenance(
 def provenance_from_snakemake(smk, **kw) -> dict:
     """Provenance for a Snakemake `script:` job: rule, wildcards, config and inputs filled in."""
     wc = {k: v for k, v in smk.wildcards.items()}
-    inputs = {k: v for k, v in smk.input.items()} or list(smk.input)
+    inputs: dict[str, str] = {}
+    for name, val in smk.input.items():  # named inputs; a list-valued one becomes name[i]
+        vals = [val] if isinstance(val, str) else list(val)
+        for i, v in enumerate(vals):
+            inputs[name if len(vals) == 1 else f"{name}[{i}]"] = str(v)
+    named = set(inputs.values())
+    inputs.update({str(v): str(v) for v in smk.input if str(v) not in named})
     return provenance(rule=smk.rule, wildcards=wc, config=smk.config, inputs=inputs, **kw)
 
 

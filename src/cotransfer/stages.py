@@ -193,38 +193,46 @@ def split(cots_path: str, out: str, prov: dict) -> None:
     io.write_parquet(pl.DataFrame(rows, schema=schema), out, prov)
 
 
-def strip(study: Study, dataset: str, cots_path: str, generations_path: str | None,
+def strip(study: Study, dataset: str, cots_path: str, sentences_path: str, generations_path: str | None,
           items_path: str, out: str, prov: dict, manifest: str | None = None) -> None:
-    """Answer removal: the stripped CoT is an ordered subset of the original sentences.
+    """Answer removal on the split stage's sentences: the stripped CoT is an ordered subset of them.
 
     method `rule` drops sentences that state the source's own parsed answer (CPU);
     method `llm` asks the filter model which sentences state the answer (index mode).
     """
     from cotransfer import strip as S
     from cotransfer.datasets import get_adapter
+    from cotransfer.inference import items_list
+    from cotransfer.sentences import Sentence
 
     cots = pl.read_parquet(cots_path)
+    spans: dict[tuple[str, int], list[Sentence]] = {}
+    for r in pl.read_parquet(sentences_path).sort("item_id", "sample", "sentence_idx").iter_rows(named=True):
+        spans.setdefault((r["item_id"], r["sample"]), []).append(
+            Sentence(r["sentence_idx"], r["char_start"], r["char_end"], r["text"]))
     answers: dict[tuple[str, int], str | None] = {}
-    if generations_path:
+    if generations_path:  # the source's own parsed answer: what the rule method removes
         spec = study.datasets[dataset]
         adapter = get_adapter(spec.adapter)(spec)
-        from cotransfer.inference import items_list
-
         items = {it["item_id"]: it for it in items_list(pl.read_parquet(items_path))}
         for r in pl.read_parquet(generations_path).iter_rows(named=True):
             answers[(r["item_id"], r["sample"])] = adapter.parse_and_score(r["answer_text"], items[r["item_id"]]).answer
-    results = []
     recs = list(cots.iter_rows(named=True))
+    keys = [(r["item_id"], r["sample"]) for r in recs]
+    cot_of = {k: r["cot"] or "" for k, r in zip(keys, recs)}
     if study.strip_method == "llm":
         engine, info = load_engine(study, study.strip_model, manifest)
         prov["models"] = {study.strip_model: _model_prov(info, engine)}
-        results = _llm_strip(study, engine, recs, answers)
+        drops = _filter_model_drops(study, engine, [spans.get(k, []) for k in keys])
+        results = [S.strip_with_drops(cot_of[k], drop, joiner=study.strip_joiner, answer=answers.get(k),
+                                      status=status, sentences=spans.get(k, []))
+                   for k, (drop, status) in zip(keys, drops)]
     else:
-        results = [S.strip_rule(r["cot"] or "", answers.get((r["item_id"], r["sample"])), joiner=study.strip_joiner)
-                   for r in recs]
+        results = [S.strip_rule(cot_of[k], answers.get(k), joiner=study.strip_joiner, sentences=spans.get(k, []))
+                   for k in keys]
     rows = []
     for r, res in zip(recs, results):
-        rows.append({**{k: r[k] for k in ("dataset", "item_id", "sample", "cot_source")}, "cot": res.text,
+        rows.append({**{c: r[c] for c in ("dataset", "item_id", "sample", "cot_source")}, "cot": res.text,
                      "n_in": res.n_in, "n_out": res.n_out, "char_ratio": res.char_ratio,
                      "status": res.status, "answer_still_present": res.answer_still_present})
     prov.setdefault("extra", {}).update(strip_method=study.strip_method, strip_version=S.STRIP_VERSION)
@@ -235,26 +243,22 @@ def strip(study: Study, dataset: str, cots_path: str, generations_path: str | No
     io.write_parquet(df, out, prov)
 
 
-def _llm_strip(study: Study, engine, recs: list[dict], answers: dict) -> list:
+def _filter_model_drops(study: Study, engine, sentence_lists: list) -> list[tuple[set[int], str]]:
+    """One batched call of the filter model (thinking closed empty); its new text only is parsed."""
     from cotransfer import strip as S
     from cotransfer.config import GREEDY
     from cotransfer.engine import Request
     from cotransfer.formats import get_format
-    from cotransfer.sentences import split as split_text
 
     fmt = get_format(study.model(study.strip_model).family)
-    sents = [split_text(r["cot"] or "") for r in recs]
     reqs = []
-    for ss in sents:
-        prompt = engine.tokenizer.apply_chat_template(S.filter_prompt(ss), tokenize=False, add_generation_prompt=True)
-        reqs.append(Request(fmt.empty(fmt.open(prompt)), 256, GREEDY))
+    for ss in sentence_lists:
+        rendered = engine.tokenizer.apply_chat_template(S.filter_prompt(ss), tokenize=False,
+                                                        add_generation_prompt=True)
+        reqs.append(Request(fmt.empty(fmt.open(rendered)), 256, GREEDY, stop=fmt.stops))
     outs = engine.generate(reqs, what="answer-removal filter")
-    results = []
-    for r, ss, out in zip(recs, sents, outs):
-        drop, status = S.parse_filter_output(fmt.answer_text(out.text), len(ss))
-        results.append(S.strip_with_drops(r["cot"] or "", drop, joiner=study.strip_joiner,
-                                          answer=answers.get((r["item_id"], r["sample"])), status=status))
-    return results
+    return [S.parse_filter_output(fmt.answer_text(o.text), len(ss)) if ss else (set(), "empty_input")
+            for ss, o in zip(sentence_lists, outs)]
 
 
 def score(study: Study, dataset: str, items_path: str, generation_paths: list[str], out: str, prov: dict) -> None:
@@ -274,7 +278,7 @@ def aggregate(study: Study, scored_paths: list[str], out: dict[str, str], prov: 
     cons = pl.concat([metrics.consistency(answers, definition=d) for d in ("paper", "strict")])
     io.write_parquet(answers, out["answers"], prov)
     io.write_parquet(cons, out["consistency"], prov)
-    io.write_parquet(metrics.condition_summary(cons), out["summary"], prov)
+    io.write_parquet(metrics.condition_summary(cons), out["consistency_summary"], prov)
     io.write_parquet(metrics.accuracy(answers), out["accuracy"], prov)
 
 
