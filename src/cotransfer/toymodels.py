@@ -4,6 +4,8 @@ A toy model is a Hugging Face Qwen2 checkpoint (an architecture vLLM serves on C
 a byte-level BPE tokenizer trained on text of the toy task, and a chat template of its family's
 format. Weights are random but deterministic (seeded), so a rebuilt model is identical: the demo
 then measures noise, but every stage runs on a real model through real vLLM.
+`TOY_VERSION` is part of every toy model's identity (rule params): bump it when a change here
+changes the weights or the tokenizer.
 
 Constraints from vLLM's CPU backend: head_dim must be 32 or 64; dtype float32 on CPU.
 """
@@ -15,7 +17,7 @@ from pathlib import Path
 
 from cotransfer.formats import get_format
 
-TOY_VERSION = "1"
+TOY_VERSION = "2"
 SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>",
            "<|begin_of_thought|>", "<|end_of_thought|>", "<|begin_of_solution|>", "<|end_of_solution|>"]
 
@@ -75,6 +77,10 @@ def build(out_dir: str | Path, family: str, params: dict) -> Path:
         num_key_value_heads=1, head_dim=head_dim, max_position_embeddings=2048,
         tie_word_embeddings=True, eos_token_id=hf_tok.eos_token_id,
         pad_token_id=hf_tok.pad_token_id, bos_token_id=None, torch_dtype="float32",
+        # A wide init: with the default 0.02 the logits are nearly flat and greedy decoding
+        # repeats one token for every prompt; at 0.5 the output depends on the prompt, so the
+        # demo's answers differ between items and models (still noise: nothing is trained).
+        initializer_range=0.5,
     )
     torch.manual_seed(seed)
     model = Qwen2ForCausalLM(cfg)

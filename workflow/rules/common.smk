@@ -10,6 +10,7 @@ import cotransfer
 from cotransfer.config import ConfigError, Study, validate as validate_config
 from cotransfer.datasets import get_adapter
 from cotransfer.formats import get_format
+from cotransfer.toymodels import TOY_VERSION
 
 try:
     validate_config(config, Path(workflow.basedir) / "workflow/schemas/config.schema.yaml")
@@ -142,7 +143,8 @@ def _dataset_params(dataset):
 
 def _model_params(model):
     spec = STUDY.model(model)
-    return {**spec.params(), "format_version": get_format(spec.family).version}
+    extra = {"toy_version": TOY_VERSION} if spec.source == "toy" else {}
+    return {**spec.params(), "format_version": get_format(spec.family).version, **extra}
 
 
 def dataset_params(wildcards):
