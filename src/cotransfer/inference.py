@@ -20,9 +20,11 @@ the answer phase runs. Each phase is one batched call over all rows of the job.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 import polars as pl
 
@@ -97,51 +99,107 @@ def frame(rows: list[dict]) -> pl.DataFrame:
     return pl.DataFrame(rows, schema=GEN_SCHEMA)
 
 
-def free_run(job: Job, items: list[dict], condition: str, sampling: Sampling, n_samples: int) -> pl.DataFrame:
+@dataclass(frozen=True)
+class Unit:
+    """One row of work: an (item, sample) with its request and whatever the row records."""
+
+    item_id: str
+    sample: int
+    request: Request
+    cot: str = ""
+    missing_cot: bool = False
+
+    def fingerprint(self) -> list:
+        return [self.item_id, self.sample, self.request.prompt, self.request.params()]
+
+
+def sharded(units: list[Unit], process, *, parts: Path | None, shard_size: int, prov: dict | None,
+            what: str) -> pl.DataFrame:
+    """Run `process` over `units` in shards, each written to `parts/` as soon as it is done.
+
+    A shard's file name carries a hash of its units (keys, prompts, sampling parameters), so a
+    re-run after preemption or a crash reuses exactly the shards whose work is unchanged and
+    recomputes the rest; shards of a changed job are never mixed in. The caller writes the merged
+    output atomically and then removes `parts/`. Without `parts`, everything is one call.
+    """
+    if parts is None:
+        return frame(process(units))
+    from cotransfer import io
+
+    parts.mkdir(parents=True, exist_ok=True)
+    frames, reused = [], 0
+    n_shards = (len(units) + shard_size - 1) // shard_size
+    for k in range(n_shards):
+        chunk = units[k * shard_size:(k + 1) * shard_size]
+        digest = hashlib.sha256(json.dumps([u.fingerprint() for u in chunk], sort_keys=True,
+                                           default=str).encode()).hexdigest()[:16]
+        path = parts / f"{k:05d}-{digest}.parquet"
+        done = path.exists()
+        if done:
+            df = pl.read_parquet(path)
+            reused += 1
+        else:
+            df = frame(process(chunk))
+            io.write_parquet(df, path, {**(prov or {}), "shard": {"index": k, "of": n_shards, "hash": digest}})
+        frames.append(df)
+        log.info("%s: shard %d/%d %s (%d rows)", what, k + 1, n_shards, "reused" if done else "done", df.height)
+    if reused:
+        log.info("%s: reused %d of %d finished shards", what, reused, n_shards)
+    out = pl.concat(frames) if frames else frame([])
+    keys = out.select("item_id", "sample")
+    if keys.is_duplicated().any() or out.height != len(units):
+        raise RuntimeError(f"{what}: merged shards hold {out.height} rows for {len(units)} units")
+    return out
+
+
+def free_run(job: Job, items: list[dict], condition: str, sampling: Sampling, n_samples: int, *,
+             parts: Path | None = None, shard_size: int = 256, prov: dict | None = None) -> pl.DataFrame:
     """Default (greedy) or sampled run: the evaluator writes its own CoT, then answers."""
     dec = job.study.decoding
-    keys, prompts, reqs = [], [], []
+    fmt = job.fmt
+    units = []
     for item in items:
         prompt = job.prompt(item)
         for s in range(n_samples):
             seed = None if sampling.greedy else job.seed(condition, item["item_id"], s)
-            keys.append((item["item_id"], s, seed))
-            prompts.append(prompt)
-            reqs.append(Request(prompt, dec.thinking_budget, sampling, seed, job.fmt.stops))
-    phase1 = job.engine.generate(reqs, what=f"{condition} thinking phase")
+            units.append(Unit(item["item_id"], s, Request(prompt, dec.thinking_budget, sampling, seed, fmt.stops)))
 
-    # Rows whose thinking is closed and whose answer ended on its own are finished; the rest get
-    # the answer phase: closed by us if the model did not, continued if it was cut after closing.
-    fmt = job.fmt
-    splits = [fmt.split(c.text) for c in phase1]
-    need = [i for i, (c, sp) in enumerate(zip(phase1, splits))
-            if not c.finish_reason.startswith("error:") and (not sp.closed or c.finish_reason == "length")]
-    p2_reqs = []
-    for i in need:
-        sp, c = splits[i], phase1[i]
-        prefix = prompts[i] + c.text if sp.closed else fmt.close(prompts[i], sp.thinking)
-        p2_reqs.append(Request(prefix, dec.answer_max_tokens, sampling, keys[i][2], fmt.stops))
-    phase2 = dict(zip(need, job.engine.generate(p2_reqs, what=f"{condition} answer phase")))
+    def process(chunk: list[Unit]) -> list[dict]:
+        phase1 = job.engine.generate([u.request for u in chunk], what=f"{condition} thinking phase")
+        # Rows whose thinking is closed and whose answer ended on its own are finished; the rest
+        # get the answer phase: closed by us if the model did not, continued if cut after closing.
+        splits = [fmt.split(c.text) for c in phase1]
+        need = [i for i, (c, sp) in enumerate(zip(phase1, splits))
+                if not c.finish_reason.startswith("error:") and (not sp.closed or c.finish_reason == "length")]
+        p2 = []
+        for i in need:
+            u, c, sp = chunk[i], phase1[i], splits[i]
+            prefix = u.request.prompt + c.text if sp.closed else fmt.close(u.request.prompt, sp.thinking)
+            p2.append(Request(prefix, dec.answer_max_tokens, sampling, u.request.seed, fmt.stops))
+        phase2 = dict(zip(need, job.engine.generate(p2, what=f"{condition} answer phase")))
+        rows = []
+        for i, (u, c, sp) in enumerate(zip(chunk, phase1, splits)):
+            answer = c
+            if i in phase2:
+                extra = phase2[i]
+                answer = Completion((sp.answer + extra.text) if sp.closed else extra.text,
+                                    extra.n_tokens, extra.finish_reason)
+            elif sp.closed:
+                answer = Completion(sp.answer, 0, c.finish_reason)
+            rows.append(job.row(
+                u.item_id, condition, "full", None, u.sample, u.request.prompt, sp.thinking, answer,
+                closed=sp.closed,
+                thinking_tokens=c.n_tokens if not sp.closed else job.engine.count_tokens(sp.thinking),
+                budget_exhausted=(c.finish_reason == "length" and not sp.closed), seed=u.request.seed,
+            ))
+        return rows
 
-    rows = []
-    for i, ((item_id, s, seed), c, sp) in enumerate(zip(keys, phase1, splits)):
-        answer = c
-        if i in phase2:
-            extra = phase2[i]
-            answer = Completion((sp.answer + extra.text) if sp.closed else extra.text,
-                                extra.n_tokens, extra.finish_reason)
-        elif sp.closed:
-            answer = Completion(sp.answer, 0, c.finish_reason)
-        rows.append(job.row(
-            item_id, condition, "full", None, s, prompts[i], sp.thinking, answer,
-            closed=sp.closed, thinking_tokens=c.n_tokens if not sp.closed else job.engine.count_tokens(sp.thinking),
-            budget_exhausted=(c.finish_reason == "length" and not sp.closed), seed=seed,
-        ))
-    return frame(rows)
+    return sharded(units, process, parts=parts, shard_size=shard_size, prov=prov, what=condition)
 
 
 def prefilled_run(job: Job, items: list[dict], cots: pl.DataFrame | None, *, condition: str,
-                  variant: str | None, cot_source: str | None, sampling: Sampling = GREEDY) -> pl.DataFrame:
+                  variant: str | None, cot_source: str | None, sampling: Sampling = GREEDY,
+                  parts: Path | None = None, shard_size: int = 256, prov: dict | None = None) -> pl.DataFrame:
     """One answer-phase call per (item, sample) on the prompt with a given CoT, closed.
 
     `cots` has columns item_id, sample, cot (COT_SCHEMA); None means the empty condition. Items
@@ -152,30 +210,31 @@ def prefilled_run(job: Job, items: list[dict], cots: pl.DataFrame | None, *, con
     if cots is not None:
         for r in cots.select("item_id", "sample", "cot").iter_rows(named=True):
             by_item.setdefault(r["item_id"], []).append((r["sample"], r["cot"] or ""))
-    keys, prompts, reqs, thinkings = [], [], [], []
-    missing = set()
+    units = []
     for item in items:
         base = job.prompt(item)
         entries = [(0, "")] if cots is None else by_item.get(item["item_id"])
-        if not entries:
-            entries = [(0, "")]
-            missing.add(item["item_id"])
-        for s, cot in sorted(entries):
+        missing = not entries
+        for s, cot in sorted(entries or [(0, "")]):
             seed = None if sampling.greedy else job.seed(condition, item["item_id"], s)
-            prompt = job.fmt.prefill(base, cot)
-            keys.append((item["item_id"], s, seed))
-            prompts.append(prompt)
-            thinkings.append(cot)
-            reqs.append(Request(prompt, dec.answer_max_tokens, sampling, seed, job.fmt.stops))
-    outs = job.engine.generate(reqs, what=f"{condition}/{variant}/{cot_source} answer phase")
-    rows = []
-    for (item_id, s, seed), prompt, cot, c in zip(keys, prompts, thinkings, outs):
-        row = job.row(item_id, condition, variant, cot_source, s, prompt, cot, c, closed=True,
-                      thinking_tokens=job.engine.count_tokens(cot), budget_exhausted=False, seed=seed)
-        if item_id in missing:
-            row["flag"] = "no_source_cot"
-        rows.append(row)
-    return frame(rows)
+            req = Request(job.fmt.prefill(base, cot), dec.answer_max_tokens, sampling, seed, job.fmt.stops)
+            units.append(Unit(item["item_id"], s, req, cot, missing))
+
+    def process(chunk: list[Unit]) -> list[dict]:
+        outs = job.engine.generate([u.request for u in chunk],
+                                   what=f"{condition}/{variant}/{cot_source} answer phase")
+        rows = []
+        for u, c in zip(chunk, outs):
+            row = job.row(u.item_id, condition, variant, cot_source, u.sample, u.request.prompt, u.cot, c,
+                          closed=True, thinking_tokens=job.engine.count_tokens(u.cot),
+                          budget_exhausted=False, seed=u.request.seed)
+            if u.missing_cot:
+                row["flag"] = "no_source_cot"
+            rows.append(row)
+        return rows
+
+    return sharded(units, process, parts=parts, shard_size=shard_size, prov=prov,
+                   what=f"{condition}/{variant}/{cot_source}")
 
 
 def cots_from_generations(gen: pl.DataFrame, cot_source: str) -> pl.DataFrame:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import sys
 from pathlib import Path
 
@@ -102,6 +103,17 @@ def load_engine(study: Study, model: str, manifest: str):
     ), info
 
 
+def parts_dir(out: str) -> Path:
+    """Where an inference output keeps its finished shards until the merge."""
+    return Path(f"{out}.parts")
+
+
+def finish(df: pl.DataFrame, out: str, prov: dict) -> None:
+    """Write the merged output atomically, then drop its shards."""
+    io.write_parquet(df, out, prov)
+    shutil.rmtree(parts_dir(out), ignore_errors=True)
+
+
 def _model_prov(info: dict, engine) -> dict:
     return {**info, "engine": engine.settings}
 
@@ -126,13 +138,16 @@ def generate(study: Study, dataset: str, model: str, items_path: str, manifest: 
     prov["models"] = {model: _model_prov(info, engine)}
     prov["decoding"] = {"decoding": _asdict(study.decoding), "greedy": _asdict(GREEDY),
                         "sampled": _asdict(sampled)}
+    shards = {"shard_size": study.engine.get("shard_size", 256), "prov": prov}
     tables = {
-        "empty": prefilled_run(job, items, None, condition="empty", variant=None, cot_source=None),
-        "default": free_run(job, items, "default", GREEDY, 1),
-        "sampled": free_run(job, items, "sampled", sampled, study.decoding.n_samples),
+        "empty": prefilled_run(job, items, None, condition="empty", variant=None, cot_source=None,
+                               parts=parts_dir(out["empty"]), **shards),
+        "default": free_run(job, items, "default", GREEDY, 1, parts=parts_dir(out["default"]), **shards),
+        "sampled": free_run(job, items, "sampled", sampled, study.decoding.n_samples,
+                            parts=parts_dir(out["sampled"]), **shards),
     }
     for cond, df in tables.items():
-        io.write_parquet(df, out[cond], prov)
+        finish(df, out[cond], prov)
     io.write_parquet(cots_from_generations(tables["default"], model), out["cot_default"], prov)
     io.write_parquet(cots_from_generations(tables["sampled"], model), out["cot_sampled"], prov)
 
@@ -151,8 +166,9 @@ def prefill(study: Study, dataset: str, evaluator: str, condition: str, variant:
     prov["decoding"] = {"decoding": _asdict(study.decoding), "answer_phase": _asdict(sampling)}
     cot_source = source if condition in ("transfer", "ensemble") else None
     df = prefilled_run(Job(study, dataset, evaluator, engine), items, cots, condition=condition,
-                       variant=variant, cot_source=cot_source, sampling=sampling)
-    io.write_parquet(df, out, prov)
+                       variant=variant, cot_source=cot_source, sampling=sampling, parts=parts_dir(out),
+                       shard_size=study.engine.get("shard_size", 256), prov=prov)
+    finish(df, out, prov)
 
 
 def ensemble(study: Study, dataset: str, name: str, items_path: str, manifests: dict[str, str],
