@@ -74,3 +74,55 @@ def test_split(family, completion, thinking, answer, closed):
 def test_unknown_family_lists_known():
     with pytest.raises(KeyError, match="known:.*think"):
         get_format("llama")
+
+
+HARMONY_HEAD = (
+    "<|start|>system<|message|>Be careful.\nKnowledge cutoff: 2024-06\nCurrent date: 2025-06-28\n\n"
+    "Reasoning: low\n\n# Valid channels: analysis, commentary, final. Channel must be included for every message."
+    "<|end|><|start|>user<|message|>Start with 3. Add 4.<|end|><|start|>assistant"
+)
+
+
+def test_harmony_snapshot_own_empty_and_transferred():
+    f = get_format("harmony")
+    own = f.prompt(None, MSGS, reasoning_effort="low", conversation_date="2025-06-28")
+    assert own == HARMONY_HEAD + "<|channel|>analysis<|message|>"
+    assert f.empty(own) == HARMONY_HEAD + ("<|channel|>analysis<|message|><|end|>"
+                                          "<|start|>assistant<|channel|>final<|message|>")
+    cot = "Three plus four is seven."
+    other = f.prefill(own, cot)
+    assert other == HARMONY_HEAD + ("<|channel|>analysis<|message|>Three plus four is seven.<|end|>"
+                                    "<|start|>assistant<|channel|>final<|message|>")
+    assert "assistantanalysis" not in other and other.count(cot) == 1
+
+
+def test_harmony_markers_are_single_special_tokens():
+    import openai_harmony as h
+
+    enc = h.load_harmony_encoding(h.HarmonyEncodingName.HARMONY_GPT_OSS)
+    f = get_format("harmony")
+    text = f.prefill(f.prompt(None, MSGS), "Seven.")
+    ids = enc.encode(text, allowed_special="all")
+    specials = {enc.encode(t, allowed_special="all")[0] for t in
+                ("<|channel|>", "<|message|>", "<|end|>", "<|start|>")}
+    assert all(len(enc.encode(t, allowed_special="all")) == 1 for t in ("<|channel|>", "<|message|>", "<|end|>"))
+    assert sum(i in specials for i in ids) >= 12
+    # the effort and the date are explicit and pinned: another effort renders another prompt
+    assert "Reasoning: medium" in f.prompt(None, MSGS, reasoning_effort="medium")
+    assert f.prompt(None, MSGS) == f.prompt(None, MSGS)
+
+
+@pytest.mark.parametrize("family, opens, own_tail, empty_tail, other_tail", [
+    ("think", "", "<think>", "<think></think>", "<think>C.</think>"),
+    ("think", "<think>\n", "<think>\n", "<think>\n</think>", "<think>\nC.</think>"),
+    ("openthinker", "", "<|begin_of_thought|>", "<|begin_of_thought|><|end_of_thought|><|begin_of_solution|>",
+     "<|begin_of_thought|>C.<|end_of_thought|><|begin_of_solution|>"),
+    ("plain", "", "<think>", "<think></think>", "<think>C.</think>"),
+])
+def test_snapshot_own_empty_and_transferred(family, opens, own_tail, empty_tail, other_tail):
+    f = get_format(family)
+    own = f.prompt(Tok(opens), MSGS)
+    assert own == HEAD + own_tail
+    assert f.empty(own) == HEAD + empty_tail
+    assert f.prefill(own, "C.") == HEAD + other_tail
+    assert f.prefill(own, "C.").count(f.opener) == 1

@@ -166,11 +166,18 @@ class ModelSpec:
     dtype: str = "bfloat16"
     max_model_len: int | None = None
     reasoning_effort: str = "low"
+    conversation_date: str = "2025-06-28"
     sampling_override: tuple[tuple[str, Any], ...] = ()
 
     @property
     def source(self) -> str:
         return "hub" if self.repo_id else ("toy" if self.toy is not None else "local")
+
+    def prompt_kwargs(self) -> dict:
+        """Format arguments of this model's prompts (harmony: effort and pinned date)."""
+        if self.family == "harmony":
+            return {"reasoning_effort": self.reasoning_effort, "conversation_date": self.conversation_date}
+        return {}
 
     @property
     def toy_params(self) -> dict:
@@ -189,6 +196,7 @@ class ModelSpec:
             "dtype": self.dtype,
             "tensor_parallel_size": self.tensor_parallel_size,
             "reasoning_effort": self.reasoning_effort if self.family == "harmony" else None,
+            "conversation_date": self.conversation_date if self.family == "harmony" else None,
             "sampling_override": dict(self.sampling_override) or None,
         }
 
@@ -268,6 +276,7 @@ class Study:
             dtype=d.get("dtype", "bfloat16"),
             max_model_len=d.get("max_model_len"),
             reasoning_effort=d.get("reasoning_effort", "low"),
+            conversation_date=d.get("conversation_date", "2025-06-28"),
             sampling_override=tuple(sorted((d.get("decoding") or {}).items())),
         )
 

@@ -82,8 +82,7 @@ def run(study: Study, dataset: str, spec: EnsembleSpec, items: list[dict],
     fmts = {m: get_format(study.model(m).family) for m in spec.members}
     prompts = {}
     for m in spec.members:
-        model = study.model(m)
-        kw = {"reasoning_effort": model.reasoning_effort} if model.family == "harmony" else {}
+        kw = study.model(m).prompt_kwargs()
         prompts[m] = [fmts[m].prompt(engines[m].tokenizer, messages(it), **kw) for it in items]
     thoughts = ["" for _ in items]
     active = list(range(len(items)))

@@ -119,8 +119,34 @@ OPENTHINKER = register(Format(
 # <think></think> block before answering (method.md section 2.2); they share the markers.
 PLAIN = register(Format(family="plain", version="1", opener="<think>", closer="</think>"))
 
+@dataclass(frozen=True, slots=True)
+class HarmonyFormat(Format):
+    """gpt-oss: the prompt is rendered by the harmony library (the `openai_harmony` module that
+    vLLM depends on), not by the tokenizer's chat template, so that the date is pinned and the
+    reasoning effort explicit (method.md section 2.1): the task's system text is the model
+    identity, the user turn is the only message, and the prompt ends with `<|start|>assistant`.
+    The CoT goes into the analysis channel and the answer into the final channel, as real
+    channel tokens (kept as special-token text in the prompt string)."""
+
+    def prompt(self, tokenizer, messages: list[dict], *, reasoning_effort: str = "low",
+               conversation_date: str = "2025-06-28", **_) -> str:
+        import openai_harmony as h
+
+        enc = h.load_harmony_encoding(h.HarmonyEncodingName.HARMONY_GPT_OSS)
+        system = h.SystemContent.new().with_reasoning_effort(
+            {"low": h.ReasoningEffort.LOW, "medium": h.ReasoningEffort.MEDIUM,
+             "high": h.ReasoningEffort.HIGH}[reasoning_effort]).with_conversation_start_date(conversation_date)
+        sys_text = "\n\n".join(m["content"] for m in messages if m["role"] == "system")
+        if sys_text:
+            system = system.with_model_identity(sys_text)
+        convo = [h.Message.from_role_and_content(h.Role.SYSTEM, system)]
+        convo += [h.Message.from_role_and_content(h.Role.USER, m["content"]) for m in messages if m["role"] == "user"]
+        ids = enc.render_conversation_for_completion(h.Conversation.from_messages(convo), h.Role.ASSISTANT)
+        return self.open(enc.decode(ids))
+
+
 # gpt-oss harmony: analysis channel for the CoT, final channel for the answer.
-HARMONY = register(Format(
+HARMONY = register(HarmonyFormat(
     family="harmony", version="1",
     opener="<|channel|>analysis<|message|>",
     closer="<|end|>",

@@ -64,9 +64,7 @@ class Job:
         return get_format(self.study.model(self.evaluator).family)
 
     def prompt(self, item: dict) -> str:
-        spec = self.study.model(self.evaluator)
-        kwargs = {"reasoning_effort": spec.reasoning_effort} if spec.family == "harmony" else {}
-        return self.fmt.prompt(self.engine.tokenizer, messages(item), **kwargs)
+        return self.fmt.prompt(self.engine.tokenizer, messages(item), **self.study.model(self.evaluator).prompt_kwargs())
 
     def seed(self, condition: str, item_id: str, sample: int) -> int:
         return derive_seed(self.study.decoding.seed, self.dataset, condition, self.evaluator,

@@ -1,0 +1,93 @@
+"""Malformed model output is recorded with its finish reason and flagged, never a crash."""
+
+import pytest
+
+from cotransfer.config import GREEDY, Study, validate
+from cotransfer.engine import Completion
+from cotransfer.inference import Job, free_run, prefilled_run
+from cotransfer.scoring import score_generations
+from test_formats import Tok
+
+ITEM = {"item_id": "t0", "system": None, "user": "Start with 3. Add 4."}
+
+
+class Scripted:
+    """Phase-1 completion given per test; the answer phase answers by what it was given."""
+
+    tokenizer = Tok()
+
+    def __init__(self, phase1: Completion, phase2: Completion | None = None):
+        self.phase1, self.phase2, self.calls = phase1, phase2, []
+
+    def count_tokens(self, text):
+        return len(text.split())
+
+    def generate(self, requests, what=""):
+        self.calls.append((what, [r.prompt for r in requests]))
+        if "thinking" in what:
+            return [self.phase1 for _ in requests]
+        return [self.phase2 or Completion("The answer is 7.", 5, "stop") for _ in requests]
+
+
+@pytest.fixture
+def study(demo_config):
+    return Study.from_dict(validate(demo_config))
+
+
+def run(study, engine):
+    return free_run(Job(study, "toyarith", "toy_dapo", engine), [ITEM], "default", GREEDY, 1).row(0, named=True)
+
+
+def test_no_closing_tag_is_closed_by_us_and_flagged(study):
+    engine = Scripted(Completion("I think it is seven", 48, "length"))
+    row = run(study, engine)
+    assert row["closed"] is False and row["flag"] == "no_close" and row["budget_exhausted"] is True
+    assert row["thinking"] == "I think it is seven" and row["answer_text"] == "The answer is 7."
+    # the answer phase got the thinking closed with the family's own closer
+    assert engine.calls[1][1][0].endswith("<think>I think it is seven</think>")
+
+
+def test_eos_without_closing_tag(study):
+    row = run(study, Scripted(Completion("short thought", 3, "stop")))
+    assert row["flag"] == "no_close" and row["budget_exhausted"] is False and row["finish_reason"] == "stop"
+
+
+def test_empty_completion(study):
+    row = run(study, Scripted(Completion("", 0, "stop"), Completion("", 0, "stop")))
+    assert row["thinking"] == "" and row["answer_text"] == "" and row["flag"] == "no_close"
+
+
+def test_closed_but_empty_answer(study):
+    row = run(study, Scripted(Completion("done</think>", 2, "stop")))
+    assert row["closed"] is True and row["flag"] == "empty_answer" and row["answer_text"] == ""
+
+
+def test_answer_cut_at_the_cap_is_continued_then_flagged(study):
+    engine = Scripted(Completion("ok</think>The ans", 48, "length"), Completion("wer is", 12, "length"))
+    row = run(study, engine)
+    assert engine.calls[1][1][0].endswith("<think>ok</think>The ans")  # continued, not re-closed
+    assert row["flag"] == "answer_cut" and row["finish_reason"] == "length"
+
+
+def test_junk_bytes_are_kept_and_scored_invalid(study, demo_config):
+    junk = "\ufffd\ufffd\x00\x07</think>\ufffd<|im_end|>\x00"
+    df = free_run(Job(study, "toyarith", "toy_dapo", Scripted(Completion(junk, 9, "stop"))), [ITEM],
+                  "default", GREEDY, 1)
+    row = df.row(0, named=True)
+    assert row["closed"] is True and "\ufffd" in row["thinking"]
+    import polars as pl
+
+    items = pl.DataFrame({"item_id": ["t0"], "system": [None], "user": ["q"], "gold": ["7"], "meta": ["{}"]},
+                         schema_overrides={"system": pl.String})
+    scored = score_generations(study.datasets["toyarith"], items, df)
+    assert scored["valid"].to_list() == [False] and scored["parse_status"].to_list() == ["no_number"]
+
+
+def test_prompt_too_long_is_recorded(study):
+    class TooLong(Scripted):
+        def generate(self, requests, what=""):
+            return [Completion("", 0, "error:prompt_too_long", 5000) for _ in requests]
+
+    row = prefilled_run(Job(study, "toyarith", "toy_dapo", TooLong(None)), [ITEM], None, condition="empty",
+                        variant=None, cot_source=None).row(0, named=True)
+    assert row["flag"] == "prompt_too_long" and row["finish_reason"] == "error:prompt_too_long"
