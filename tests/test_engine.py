@@ -7,6 +7,7 @@ import pytest
 
 from cotransfer.config import GREEDY, Sampling, Study, validate
 from cotransfer.engine import Request, derive_seed
+from cotransfer.formats import Split
 from cotransfer.inference import GEN_SCHEMA, Job, free_run, prefilled_run
 
 pytestmark = pytest.mark.vllm
@@ -87,3 +88,19 @@ def test_prefilled_run_places_the_given_cot(job):
     assert df["cot_source"].unique().to_list() == ["toy_dapo"]
     empty = prefilled_run(job, ITEMS[:1], None, condition="empty", variant=None, cot_source=None)
     assert empty["prompt"][0].endswith("<think>\n</think>")
+
+
+def test_answer_phase_continues_from_exact_token_ids(job, engine):
+    from cotransfer.inference import answer_phase_request
+
+    prompt = job.prompt(ITEMS[0])
+    first = Request(prompt, 10, GREEDY)
+    (c,) = engine.generate([first])
+    assert c.prompt_ids and len(c.token_ids) == c.n_tokens
+    req = answer_phase_request(job, first, c, Split(c.text, "", False))
+    assert req.prompt_ids == c.prompt_ids + c.token_ids + tuple(engine.encode("</think>"))
+    assert req.prompt == prompt + c.text + "</think>"
+    cont = answer_phase_request(job, first, c, Split(c.text, "", True))
+    assert cont.prompt_ids == c.prompt_ids + c.token_ids
+    (a,) = engine.generate([req])
+    assert a.prompt_ids == req.prompt_ids and a.finish_reason in ("stop", "length")

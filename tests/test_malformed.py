@@ -91,3 +91,25 @@ def test_prompt_too_long_is_recorded(study):
     row = prefilled_run(Job(study, "toyarith", "toy_dapo", TooLong(None)), [ITEM], None, condition="empty",
                         variant=None, cot_source=None).row(0, named=True)
     assert row["flag"] == "prompt_too_long" and row["finish_reason"] == "error:prompt_too_long"
+
+
+def test_dataset_decoding_overrides(demo_config):
+    """II-style: stop at the close marker, discard the rest, answer anew after a lead-in;
+    MedCalc-style: the thinking budget grows with the prompt."""
+    demo_config["datasets"]["toyarith"]["decoding"] = {
+        "thinking_budget": 100, "thinking_budget_mode": "prompt_plus", "answer_max_tokens": 30,
+        "answer_lead_in": " The instruction is:", "discard_after_close": True}
+    study = Study.from_dict(validate(demo_config))
+    engine = Scripted(Completion("reverse the words", 3, "stop", stop_reason="</think>"),
+                      Completion(" reverse the words", 4, "stop"))
+    row = run(study, engine)
+    prompt_tokens = engine.count_tokens(row["prompt"])
+    assert row["closed"] is True and row["thinking"] == "reverse the words" and row["flag"] is None
+    assert engine.calls[1][1][0].endswith("<think>reverse the words</think> The instruction is:")
+    assert row["answer_text"] == "reverse the words"
+    dec = study.decoding_for("toyarith")
+    assert dec.thinking_max_tokens(prompt_tokens) == prompt_tokens + 100
+    assert dec.answer_max_tokens == 30 and study.decoding.answer_max_tokens == 12  # others unchanged
+    empty = prefilled_run(Job(study, "toyarith", "toy_dapo", engine), [ITEM], None, condition="empty",
+                          variant=None, cot_source=None).row(0, named=True)
+    assert empty["prompt"].endswith("<think></think> The instruction is:")

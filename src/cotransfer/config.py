@@ -143,6 +143,16 @@ class Decoding:
     answer_max_tokens: int
     max_model_len: int
     seed: int
+    thinking_budget_mode: str = "fixed"
+    answer_lead_in: str = ""
+    discard_after_close: bool = False
+
+    def thinking_max_tokens(self, prompt_tokens: int) -> int:
+        """The thinking phase's budget; under prompt_plus it grows with the prompt (the original
+        MedCalc runs: min(max_len, P + budget), clipped to the context by the engine)."""
+        if self.thinking_budget_mode == "prompt_plus":
+            return min(self.max_model_len, prompt_tokens + self.thinking_budget)
+        return self.thinking_budget
 
     def sampled(self, override: dict | None = None) -> Sampling:
         o = override or {}
@@ -212,6 +222,7 @@ class DatasetSpec:
     n_items: int | None = None
     seed: int = 42
     options: tuple[tuple[str, Any], ...] = ()
+    decoding: tuple[tuple[str, Any], ...] = ()
 
     @property
     def opts(self) -> dict:
@@ -220,6 +231,7 @@ class DatasetSpec:
     def params(self) -> dict:
         d = asdict(self)
         d["options"] = self.opts
+        d["decoding"] = dict(self.decoding)
         return d
 
 
@@ -298,6 +310,7 @@ class Study:
                 n_items=v.get("n_items"),
                 seed=v.get("seed", 42),
                 options=tuple(sorted((v.get("options") or {}).items())),
+                decoding=tuple(sorted((v.get("decoding") or {}).items())),
             )
             for k, v in c["datasets"].items()
         }
@@ -357,6 +370,9 @@ class Study:
                 answer_max_tokens=dec.get("answer_max_tokens", 1024),
                 max_model_len=dec.get("max_model_len", 32768),
                 seed=dec.get("seed", 42),
+                thinking_budget_mode=dec.get("thinking_budget_mode", "fixed"),
+                answer_lead_in=dec.get("answer_lead_in", ""),
+                discard_after_close=dec.get("discard_after_close", False),
             ),
             strip_method=method,
             strip_model=strip_model,
@@ -383,6 +399,12 @@ class Study:
     def cot_sources(self) -> list[str]:
         """Every CoT source of the transfer stage: each model, then each ensemble."""
         return list(self.models) + list(self.ensembles)
+
+    def decoding_for(self, dataset: str) -> Decoding:
+        """The top-level decoding with the dataset's own overrides applied."""
+        from dataclasses import replace
+
+        return replace(self.decoding, **dict(self.datasets[dataset].decoding))
 
     def sampling_for(self, model: str, condition: str) -> Sampling:
         if condition == "sampled":

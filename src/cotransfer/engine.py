@@ -26,11 +26,15 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class Request:
+    """One generation. `prompt_ids`, when given, is sent as token ids instead of the string
+    (used to continue a completion from its exact tokens); `prompt` is then its decoded text."""
+
     prompt: str
     max_tokens: int
     sampling: Sampling
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    prompt_ids: tuple[int, ...] | None = None
 
     def params(self) -> dict:
         return {**asdict(self.sampling), "seed": self.seed, "max_tokens": self.max_tokens,
@@ -43,6 +47,10 @@ class Completion:
     n_tokens: int
     finish_reason: str  # "stop" (EOS or stop string), "length", "abort", "error:<why>"
     prompt_tokens: int = 0
+    #: the exact ids: prompt and generated tokens (empty for scripted or failed completions)
+    prompt_ids: tuple[int, ...] = ()
+    token_ids: tuple[int, ...] = ()
+    stop_reason: str | int | None = None  # the stop string (or token id) that ended it, if any
 
 
 @dataclass
@@ -129,17 +137,19 @@ class Engine:
         """
         if not requests:
             return []
+        from vllm.inputs import TokensPrompt
+
         limit = self.settings["max_model_len"]
         results: list[Completion | None] = [None] * len(requests)
         runnable, prompts, params = [], [], []
         for i, r in enumerate(requests):
-            n_prompt = self.count_tokens(r.prompt)
+            n_prompt = len(r.prompt_ids) if r.prompt_ids is not None else self.count_tokens(r.prompt)
             budget = min(r.max_tokens, limit - n_prompt)
             if budget < 1:
                 results[i] = Completion("", 0, "error:prompt_too_long", n_prompt)
                 continue
             runnable.append(i)
-            prompts.append(r.prompt)
+            prompts.append(r.prompt if r.prompt_ids is None else TokensPrompt(prompt_token_ids=list(r.prompt_ids)))
             params.append(self._sampling_params(Request(r.prompt, budget, r.sampling, r.seed, r.stop)))
         t0 = time.perf_counter()
         outs = self.llm.generate(prompts, params, use_tqdm=False) if prompts else []
@@ -149,7 +159,8 @@ class Engine:
             n_tok += len(c.token_ids)
             text = _clean(c.text, self.tokenizer.eos_token)
             results[i] = Completion(text, len(c.token_ids), c.finish_reason or "unknown",
-                                    len(out.prompt_token_ids or ()))
+                                    len(out.prompt_token_ids or ()), tuple(out.prompt_token_ids or ()),
+                                    tuple(c.token_ids), c.stop_reason)
         log.info("%s: %s", what, self.stats.add(len(prompts), n_tok, time.perf_counter() - t0))
         return results  # type: ignore[return-value]
 

@@ -7,8 +7,6 @@ knows the family's markers:
   (the opener is appended only if the template did not already open it: QwQ's does);
 - `prefill(prompt, cot)`: the prompt with a given CoT placed inside the thinking section, closed,
   and the answer phase opened (`empty` is `prefill(prompt, "")`);
-- `close(prompt, partial)`: a free run cut off inside its thinking, closed and moved to the
-  answer phase;
 - `split(completion)`: a completion of `prompt()` split into thinking and answer text.
 
 The CoT is placed directly after the opener and the closer directly after the CoT, with no added
@@ -62,9 +60,6 @@ class Format:
 
     def empty(self, prompt: str) -> str:
         return self.prefill(prompt, "")
-
-    def close(self, prompt: str, partial_thinking: str) -> str:
-        return self.prefill(prompt, partial_thinking)
 
     def split(self, completion: str) -> Split:
         """Thinking = text before the first close marker (all of it if never closed)."""

@@ -30,7 +30,7 @@ import polars as pl
 
 from cotransfer.config import GREEDY, Sampling, Study
 from cotransfer.engine import Completion, Engine, Request, derive_seed
-from cotransfer.formats import Format, get_format
+from cotransfer.formats import Format, Split, get_format
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +65,10 @@ class Job:
 
     def prompt(self, item: dict) -> str:
         return self.fmt.prompt(self.engine.tokenizer, messages(item), **self.study.model(self.evaluator).prompt_kwargs())
+
+    @property
+    def decoding(self):
+        return self.study.decoding_for(self.dataset)
 
     def seed(self, condition: str, item_id: str, sample: int) -> int:
         return derive_seed(self.study.decoding.seed, self.dataset, condition, self.evaluator,
@@ -153,34 +157,35 @@ def sharded(units: list[Unit], process, *, parts: Path | None, shard_size: int, 
 def free_run(job: Job, items: list[dict], condition: str, sampling: Sampling, n_samples: int, *,
              parts: Path | None = None, shard_size: int = 256, prov: dict | None = None) -> pl.DataFrame:
     """Default (greedy) or sampled run: the evaluator writes its own CoT, then answers."""
-    dec = job.study.decoding
+    dec = job.decoding
     fmt = job.fmt
+    stops = fmt.stops + ((fmt.closer,) if dec.discard_after_close else ())
     units = []
     for item in items:
         prompt = job.prompt(item)
+        budget = dec.thinking_max_tokens(job.engine.count_tokens(prompt))
         for s in range(n_samples):
             seed = None if sampling.greedy else job.seed(condition, item["item_id"], s)
-            units.append(Unit(item["item_id"], s, Request(prompt, dec.thinking_budget, sampling, seed, fmt.stops)))
+            units.append(Unit(item["item_id"], s, Request(prompt, budget, sampling, seed, stops)))
 
     def process(chunk: list[Unit]) -> list[dict]:
         phase1 = job.engine.generate([u.request for u in chunk], what=f"{condition} thinking phase")
         # Rows whose thinking is closed and whose answer ended on its own are finished; the rest
-        # get the answer phase: closed by us if the model did not, continued if cut after closing.
-        splits = [fmt.split(c.text) for c in phase1]
+        # get the answer phase: closed by us if the model did not, continued if cut after closing
+        # (with discard_after_close, every row's answer phase starts anew after its thinking).
+        splits = [fmt.split(c.text + (fmt.closer if c.stop_reason == fmt.closer else "")) for c in phase1]
         need = [i for i, (c, sp) in enumerate(zip(phase1, splits))
-                if not c.finish_reason.startswith("error:") and (not sp.closed or c.finish_reason == "length")]
-        p2 = []
-        for i in need:
-            u, c, sp = chunk[i], phase1[i], splits[i]
-            prefix = u.request.prompt + c.text if sp.closed else fmt.close(u.request.prompt, sp.thinking)
-            p2.append(Request(prefix, dec.answer_max_tokens, sampling, u.request.seed, fmt.stops))
+                if not c.finish_reason.startswith("error:")
+                and (dec.discard_after_close or not sp.closed or c.finish_reason == "length")]
+        p2 = [answer_phase_request(job, chunk[i].request, phase1[i], splits[i]) for i in need]
         phase2 = dict(zip(need, job.engine.generate(p2, what=f"{condition} answer phase")))
         rows = []
         for i, (u, c, sp) in enumerate(zip(chunk, phase1, splits)):
             answer = c
             if i in phase2:
                 extra = phase2[i]
-                answer = Completion((sp.answer + extra.text) if sp.closed else extra.text,
+                continued = sp.closed and not dec.discard_after_close
+                answer = Completion((sp.answer + extra.text) if continued else extra.text,
                                     extra.n_tokens, extra.finish_reason)
             elif sp.closed:
                 answer = Completion(sp.answer, 0, c.finish_reason)
@@ -195,6 +200,29 @@ def free_run(job: Job, items: list[dict], condition: str, sampling: Sampling, n_
     return sharded(units, process, parts=parts, shard_size=shard_size, prov=prov, what=condition)
 
 
+def answer_phase_request(job: Job, first: Request, c: Completion, sp: Split) -> Request:
+    """The answer phase after a thinking phase that did not finish on its own (method.md 3).
+
+    Cut off after the close marker: continue from the exact phase-1 token ids. Never closed:
+    the phase-1 ids, then the closer, the answer opener and the lead-in; nothing is decoded and
+    re-tokenized (except for a scripted completion that carries no ids, in tests). With
+    `discard_after_close` whatever followed the close marker is dropped and the answer phase
+    starts anew from the thinking text.
+    """
+    fmt, dec = job.fmt, job.decoding
+    tail = fmt.closer + fmt.answer_opener + dec.answer_lead_in
+    ids = None
+    if dec.discard_after_close:
+        text = first.prompt + sp.thinking + tail
+    elif sp.closed:
+        text = first.prompt + c.text
+        ids = (c.prompt_ids + c.token_ids) if c.prompt_ids else None
+    else:
+        text = first.prompt + c.text + tail
+        ids = (c.prompt_ids + c.token_ids + tuple(job.engine.encode(tail))) if c.prompt_ids else None
+    return Request(text, dec.answer_max_tokens, first.sampling, first.seed, fmt.stops, ids)
+
+
 def prefilled_run(job: Job, items: list[dict], cots: pl.DataFrame | None, *, condition: str,
                   variant: str | None, cot_source: str | None, sampling: Sampling = GREEDY,
                   parts: Path | None = None, shard_size: int = 256, prov: dict | None = None) -> pl.DataFrame:
@@ -203,7 +231,7 @@ def prefilled_run(job: Job, items: list[dict], cots: pl.DataFrame | None, *, con
     `cots` has columns item_id, sample, cot (COT_SCHEMA); None means the empty condition. Items
     with no CoT in `cots` (the source failed on them) get an empty CoT and the flag `no_source_cot`.
     """
-    dec = job.study.decoding
+    dec = job.decoding
     by_item: dict[str, list[tuple[int, str]]] = {}
     if cots is not None:
         for r in cots.select("item_id", "sample", "cot").iter_rows(named=True):
@@ -215,7 +243,8 @@ def prefilled_run(job: Job, items: list[dict], cots: pl.DataFrame | None, *, con
         missing = not entries
         for s, cot in sorted(entries or [(0, "")]):
             seed = None if sampling.greedy else job.seed(condition, item["item_id"], s)
-            req = Request(job.fmt.prefill(base, cot), dec.answer_max_tokens, sampling, seed, job.fmt.stops)
+            req = Request(job.fmt.prefill(base, cot) + dec.answer_lead_in, dec.answer_max_tokens, sampling,
+                          seed, job.fmt.stops)
             units.append(Unit(item["item_id"], s, req, cot, missing))
 
     def process(chunk: list[Unit]) -> list[dict]:

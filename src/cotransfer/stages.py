@@ -136,7 +136,7 @@ def generate(study: Study, dataset: str, model: str, items_path: str, manifest: 
     job = Job(study, dataset, model, engine)
     sampled = study.sampling_for(model, "sampled")
     prov["models"] = {model: _model_prov(info, engine)}
-    prov["decoding"] = {"decoding": _asdict(study.decoding), "greedy": _asdict(GREEDY),
+    prov["decoding"] = {"decoding": _asdict(study.decoding_for(dataset)), "greedy": _asdict(GREEDY),
                         "sampled": _asdict(sampled)}
     shards = {"shard_size": study.engine.get("shard_size", 256), "prov": prov}
     tables = {
@@ -163,7 +163,7 @@ def prefill(study: Study, dataset: str, evaluator: str, condition: str, variant:
     engine, info = load_engine(study, evaluator, manifest)
     sampling = study.sampling_for(evaluator, condition)
     prov["models"] = {evaluator: _model_prov(info, engine)}
-    prov["decoding"] = {"decoding": _asdict(study.decoding), "answer_phase": _asdict(sampling)}
+    prov["decoding"] = {"decoding": _asdict(study.decoding_for(dataset)), "answer_phase": _asdict(sampling)}
     cot_source = source if condition in ("transfer", "ensemble") else None
     df = prefilled_run(Job(study, dataset, evaluator, engine), items, cots, condition=condition,
                        variant=variant, cot_source=cot_source, sampling=sampling, parts=parts_dir(out),

@@ -162,7 +162,7 @@ def run_params(wildcards):
         "code": cotransfer.__version__,
         "dataset": _dataset_params(wildcards.dataset),
         "models": [_model_params(m) for m in models],
-        "decoding": asdict(STUDY.decoding),
+        "decoding": asdict(STUDY.decoding_for(wildcards.dataset)),
         "ensemble": STUDY.ensembles[wildcards.ensemble].params() if hasattr(wildcards, "ensemble") else None,
     }
 
