@@ -74,8 +74,6 @@ using here there our my which what when where why how wait okay ok yes step note
 plugging substituting rounding converting multiplying dividing subtracting looking checking
 """.split())
 
-_TERMINAL = ".!?\u2026"
-_CLOSERS = "\"')]}\u201d\u2019"
 _EVENT = re.compile(r"\n|[.!?\u2026]+[\"')\]}\u201d\u2019]*")
 _BLANK_AFTER = re.compile(r"[ \t\r\f\v]*\n")
 # What may open a line that starts a new unit after a newline (markers, bullets, headings, bold,

@@ -23,5 +23,6 @@ from cotransfer.datasets.base import ADAPTERS, DatasetAdapter, Scored, get_adapt
 from cotransfer.datasets import toyarith  # noqa: E402,F401
 from cotransfer.datasets import medcalc  # noqa: E402,F401
 from cotransfer.datasets import instruction_induction  # noqa: E402,F401
+from cotransfer.datasets import gsm8k  # noqa: E402,F401
 
 __all__ = ["ADAPTERS", "DatasetAdapter", "Scored", "get_adapter", "register"]
