@@ -190,7 +190,7 @@ def test_fetch_local_path(table_csv, tmp_path):
     prov = adapter(path=str(table_csv)).fetch(tmp_path / "raw")
     assert (tmp_path / "raw" / "test_data.csv").read_bytes() == table_csv.read_bytes()
     assert prov["files"] == {"test_data.csv": sha(table_csv)}
-    assert prov["data_file"] == "test_data.csv"
+    assert prov["data_files"] == ["test_data.csv"]
 
 
 def fake_snapshot(commit: str, calls: list):
@@ -225,7 +225,7 @@ def test_fetch_hub_offline_reads_commit_from_snapshot(monkeypatch, tmp_path):
     assert calls == [{"repo_id": "ncbi/MedCalc-Bench-v1.0", "repo_type": "dataset", "revision": "main",
                       "allow_patterns": ["*.csv", "*.parquet", "*.jsonl", "*.json"]}]
     assert prov["dataset_revision"] == "main" and prov["resolved_revision"] == commit
-    assert prov["data_file"] == "test_data.csv"
+    assert prov["data_files"] == ["test_data.csv"]
     assert set(prov["files"]) == {"test_data.csv", "train_data.csv"}  # not the .cache metadata
     assert prov["files"]["test_data.csv"] == sha(tmp_path / "test_data.csv")
     assert adapter().load(tmp_path).height == 60

@@ -87,6 +87,21 @@ class DatasetAdapter:
 
     # -- helpers ----------------------------------------------------------------------------
 
+    def copy_local_file(self, dest: Path) -> dict:
+        """Copy the config's local `path:` file into `dest`; its provenance (no hub revision)."""
+        import shutil
+
+        from cotransfer.io import sha256_file
+
+        src = Path(self.spec.path)
+        if not src.is_file():
+            raise FileNotFoundError(f"datasets.{self.spec.name}.path: no such file {src}")
+        dest.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src, dest / src.name)
+        return {"dataset_repo_id": self.spec.repo_id, "dataset_revision": None, "resolved_revision": None,
+                "source_path": str(src), "data_files": [src.name],
+                "files": {src.name: sha256_file(dest / src.name)}}
+
     @staticmethod
     def items_frame(rows: list[dict]) -> pl.DataFrame:
         """Build an items table, checking the contract: unique non-empty ids, JSON meta."""

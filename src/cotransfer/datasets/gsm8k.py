@@ -223,13 +223,7 @@ class GSM8K(DatasetAdapter):
         dest = Path(dest)
         dest.mkdir(parents=True, exist_ok=True)
         if spec.path:
-            src = Path(spec.path)
-            if not src.is_file():
-                raise FileNotFoundError(f"datasets.{spec.name}.path: no such file {src}")
-            shutil.copy2(src, dest / src.name)
-            return {"dataset_repo_id": spec.repo_id, "dataset_revision": None, "resolved_revision": None,
-                    "source_path": str(src), "data_files": [src.name],
-                    "files": {src.name: sha256_file(dest / src.name)}}
+            return self.copy_local_file(dest)
 
         import huggingface_hub
         from huggingface_hub.errors import LocalEntryNotFoundError

@@ -41,7 +41,6 @@ import logging
 import math
 import operator
 import re
-import shutil
 from pathlib import Path
 
 import polars as pl
@@ -461,13 +460,7 @@ class MedCalc(DatasetAdapter):
         dest = Path(dest)
         dest.mkdir(parents=True, exist_ok=True)
         if spec.path:
-            src = Path(spec.path)
-            if not src.is_file():
-                raise FileNotFoundError(f"datasets.{spec.name}.path: no such file {src}")
-            shutil.copy2(src, dest / src.name)
-            return {"dataset_repo_id": spec.repo_id, "dataset_revision": None, "resolved_revision": None,
-                    "source_path": str(src), "data_file": src.name,
-                    "files": {src.name: sha256_file(dest / src.name)}}
+            return self.copy_local_file(dest)
         if not spec.repo_id:
             raise ValueError(f"datasets.{spec.name}: give repo_id or path")
         import huggingface_hub
@@ -478,7 +471,7 @@ class MedCalc(DatasetAdapter):
         table = pick_table(dest, spec.split)
         return {"dataset_repo_id": spec.repo_id, "dataset_revision": spec.revision,
                 "resolved_revision": self._resolve_revision(dest),
-                "data_file": str(table.relative_to(dest)),
+                "data_files": [str(table.relative_to(dest))],
                 "files": {str(p.relative_to(dest)): sha256_file(p) for p in _data_files(dest)}}
 
     def _resolve_revision(self, dest: Path) -> str | None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import random
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
@@ -25,19 +26,35 @@ SYSTEM = "You are a careful calculator. Think step by step, then state the final
 _INT = re.compile(r"-?\d+")
 
 
-def make_item(rng: random.Random, steps: int, modulus: int) -> tuple[str, int, list[int]]:
-    """One question, its answer and the intermediate values (the ideal chain of thought)."""
+@dataclass(frozen=True, slots=True)
+class Chain:
+    """One question with its answer, the intermediate values and the operations applied."""
+
+    question: str
+    answer: int
+    trace: tuple[int, ...]  # start value, then the value after every step
+    ops: tuple[tuple[str, int], ...]  # (operation name, operand) per step
+
+
+def make_chain(rng: random.Random, steps: int, modulus: int) -> Chain:
     value = rng.randrange(modulus)
     words = [f"Start with {value}."]
-    trace = [value]
+    trace, ops = [value], []
     for _ in range(steps):
         name, fn = rng.choice(OPS)
         operand = rng.randrange(1, modulus)
         value = fn(value, operand) % modulus
         words.append(f"{name} {operand}.")
         trace.append(value)
+        ops.append((name, operand))
     question = " ".join(words) + f" Work modulo {modulus} after every step. What is the result?"
-    return question, value, trace
+    return Chain(question, value, tuple(trace), tuple(ops))
+
+
+def make_item(rng: random.Random, steps: int, modulus: int) -> tuple[str, int, list[int]]:
+    """One question, its answer and the intermediate values (the ideal chain of thought)."""
+    c = make_chain(rng, steps, modulus)
+    return c.question, c.answer, list(c.trace)
 
 
 @register("toyarith")
