@@ -1,5 +1,4 @@
-"""The `cotransfer` command: audit lineage, compute consistency, re-score, validate a config,
-train the demo's toy models."""
+"""The `cotransfer` command: audit lineage, compute consistency, re-score, validate a config."""
 
 from __future__ import annotations
 
@@ -120,21 +119,6 @@ def cmd_validate(args) -> int:
     return 0
 
 
-def cmd_train_toys(args) -> int:
-    import logging
-
-    from cotransfer.toymodels import RECIPES, train_recipes
-
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    unknown = sorted(set(args.names or []) - set(RECIPES))
-    if unknown:
-        print(f"cotransfer train-toys: unknown model(s) {unknown}; known: {sorted(RECIPES)}", file=sys.stderr)
-        return 2
-    for path in train_recipes(args.out, args.names or None):
-        print(f"trained {path}")
-    return 0
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="cotransfer", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -160,11 +144,6 @@ def main(argv: list[str] | None = None) -> int:
     v = sub.add_parser("validate", help="check a config file against the schema")
     v.add_argument("config")
     v.set_defaults(fn=cmd_validate)
-
-    t = sub.add_parser("train-toys", help="train the demo's toy reasoning models (about 2 min each on 2 cores)")
-    t.add_argument("out", help="output directory (the demo uses data/models)")
-    t.add_argument("names", nargs="*", help="models to train (default: all recipes)")
-    t.set_defaults(fn=cmd_train_toys)
 
     args = p.parse_args(argv)
     return args.fn(args)

