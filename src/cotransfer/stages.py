@@ -9,6 +9,7 @@ import json
 import logging
 import shutil
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import polars as pl
@@ -136,8 +137,8 @@ def generate(study: Study, dataset: str, model: str, items_path: str, manifest: 
     job = Job(study, dataset, model, engine)
     sampled = study.sampling_for(model, "sampled")
     prov["models"] = {model: _model_prov(info, engine)}
-    prov["decoding"] = {"decoding": _asdict(study.decoding_for(dataset)), "greedy": _asdict(GREEDY),
-                        "sampled": _asdict(sampled)}
+    prov["decoding"] = {"decoding": asdict(study.decoding_for(dataset)), "greedy": asdict(GREEDY),
+                        "sampled": asdict(sampled)}
     shards = {"shard_size": study.engine.get("shard_size", 256), "prov": prov}
     tables = {
         "empty": prefilled_run(job, items, None, condition="empty", variant=None, cot_source=None,
@@ -163,7 +164,7 @@ def prefill(study: Study, dataset: str, evaluator: str, condition: str, variant:
     engine, info = load_engine(study, evaluator, manifest)
     sampling = study.sampling_for(evaluator, condition)
     prov["models"] = {evaluator: _model_prov(info, engine)}
-    prov["decoding"] = {"decoding": _asdict(study.decoding_for(dataset)), "answer_phase": _asdict(sampling)}
+    prov["decoding"] = {"decoding": asdict(study.decoding_for(dataset)), "answer_phase": asdict(sampling)}
     cot_source = source if condition in ("transfer", "ensemble") else None
     df = prefilled_run(Job(study, dataset, evaluator, engine), items, cots, condition=condition,
                        variant=variant, cot_source=cot_source, sampling=sampling, parts=parts_dir(out),
@@ -217,8 +218,7 @@ def strip(study: Study, dataset: str, cots_path: str, sentences_path: str, gener
     method `llm` asks the filter model which sentences state the answer (index mode).
     """
     from cotransfer import strip as S
-    from cotransfer.datasets import get_adapter
-    from cotransfer.inference import items_list
+    from cotransfer.scoring import score_generations
     from cotransfer.sentences import Sentence
 
     cots = pl.read_parquet(cots_path)
@@ -228,11 +228,9 @@ def strip(study: Study, dataset: str, cots_path: str, sentences_path: str, gener
             Sentence(r["sentence_idx"], r["char_start"], r["char_end"], r["text"]))
     answers: dict[tuple[str, int], str | None] = {}
     if generations_path:  # the source's own parsed answer: what the rule method removes
-        spec = study.datasets[dataset]
-        adapter = get_adapter(spec.adapter)(spec)
-        items = {it["item_id"]: it for it in items_list(pl.read_parquet(items_path))}
-        for r in pl.read_parquet(generations_path).iter_rows(named=True):
-            answers[(r["item_id"], r["sample"])] = adapter.parse_and_score(r["answer_text"], items[r["item_id"]]).answer
+        scored = score_generations(study.datasets[dataset], pl.read_parquet(items_path),
+                                   pl.read_parquet(generations_path))
+        answers = {(i, s): a for i, s, a in scored.select("item_id", "sample", "answer").iter_rows()}
     recs = list(cots.iter_rows(named=True))
     keys = [(r["item_id"], r["sample"]) for r in recs]
     cot_of = {k: r["cot"] or "" for k, r in zip(keys, recs)}
@@ -305,10 +303,4 @@ def figures(study: Study, consistency: str, accuracy: str, out: dict[str, str]) 
     F.consistency_heatmaps(cons, out["heatmap"])
     F.accuracy_chart(pl.read_parquet(accuracy), out["accuracy"])
     F.overview_bars(cons, out["overview"])
-
-
-def _asdict(obj) -> dict:
-    from dataclasses import asdict
-
-    return asdict(obj)
 
