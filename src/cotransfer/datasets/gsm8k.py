@@ -12,8 +12,9 @@ How to add a dataset (this module is the worked example; see docs/datasets.md)
        `@register("name")`, a `version` (bump it when the prompt, sample or parser changes) and
        `remote = True` if `fetch` needs the network.
     2. `fetch(dest)` puts the raw files into `dest` at a pinned revision and returns provenance
-       (repo id, requested and resolved revision, sha256 per file). The Hub helpers shared with
-       `medcalc` are imported from there, not copied.
+       (repo id, requested and resolved revision, sha256 per file). The Hub helpers
+       (`download_dataset`, `resolve_revision`) live in `datasets/base.py` and the table readers
+       in `medcalc`; they are imported, not copied.
     3. `load(raw)` returns the items table (ITEM_SCHEMA) drawn once, in sample order, with stable
        ids; `load_all(raw)` every row, for `cotransfer score`.
     4. `parse_and_score(answer_text, item)` parses only the answer segment, never raises on model
@@ -29,7 +30,7 @@ Data stage
     `test.jsonl`). Offline (`HF_HUB_OFFLINE=1`, no connection), huggingface_hub's `local_dir`
     mode never looks at the shared Hub cache, so `fetch` then takes the same files from the cache
     (`snapshot_download(..., local_files_only=True)`) and copies them into `dest`; the resolved
-    commit is that snapshot's commit.
+    commit is that snapshot's commit (`base.download_dataset`, shared with `medcalc`).
 
     `load` reads the split (several shards are concatenated in name order), takes the gold answer
     as the text after the last `####` with commas removed, and draws `n_items` rows with
@@ -60,14 +61,13 @@ import fnmatch
 import logging
 import math
 import re
-import shutil
 from pathlib import Path
 
 import polars as pl
 
-from cotransfer.datasets.base import DatasetAdapter, Scored, register
-from cotransfer.datasets.medcalc import (TABLE_SUFFIXES, _data_files, _is_sha, _snapshot_commit,
-                                         pick_table, read_table)
+from cotransfer.datasets.base import (DatasetAdapter, Scored, data_files, download_dataset, register,
+                                      resolve_revision)
+from cotransfer.datasets.medcalc import TABLE_SUFFIXES, pick_table, read_table
 from cotransfer.io import sha256_file
 
 log = logging.getLogger(__name__)
@@ -190,7 +190,7 @@ def score_answer(answer_text: str | None, gold) -> Scored:
 def split_files(root: Path, config: str, split: str) -> list[Path]:
     """The split's shards in a snapshot (`{config}/{split}-*`), in name order."""
     pattern = f"{config}/{split}-*"
-    return [p for p in _data_files(root)
+    return [p for p in data_files(root)
             if fnmatch.fnmatch(p.relative_to(root).as_posix(), pattern)
             and p.name.lower().endswith(TABLE_SUFFIXES)]
 
@@ -225,52 +225,13 @@ class GSM8K(DatasetAdapter):
         if spec.path:
             return self.copy_local_file(dest)
 
-        import huggingface_hub
-        from huggingface_hub.errors import LocalEntryNotFoundError
-
         patterns = [f"{self.config}/{spec.split}-*"]
-        kw = dict(repo_id=self.repo_id, repo_type="dataset", revision=spec.revision, allow_patterns=patterns)
-        cached_commit = None
-        try:
-            huggingface_hub.snapshot_download(**kw, local_dir=dest)
-            files = split_files(dest, self.config, spec.split)
-        except LocalEntryNotFoundError as e:
-            log.warning("%s@%s: Hub unreachable (%s); taking the files from the local Hub cache",
-                        self.repo_id, spec.revision, e)
-            files = []
-        if not files:
-            # huggingface_hub's local_dir mode never reads the shared cache when offline: do it here
-            snapshot = Path(huggingface_hub.snapshot_download(**kw, local_files_only=True))
-            cached_commit = snapshot.name if _is_sha(snapshot.name) else None
-            for src in split_files(snapshot, self.config, spec.split):
-                target = dest / src.relative_to(snapshot)
-                target.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(src, target)  # follows the cache's symlink into blobs/
-            files = split_files(dest, self.config, spec.split)
-        if not files:
-            raise FileNotFoundError(f"{self.repo_id}@{spec.revision}: no files match {patterns}")
+        files, cached_commit = download_dataset(self.repo_id, spec.revision, patterns, dest,
+                                                lambda root: split_files(root, self.config, spec.split))
         return {"dataset_repo_id": self.repo_id, "dataset_revision": spec.revision,
-                "resolved_revision": self._resolve_revision(dest, cached_commit),
+                "resolved_revision": resolve_revision(self.repo_id, spec.revision, dest, cached_commit),
                 "data_files": [p.relative_to(dest).as_posix() for p in files],
                 "files": {p.relative_to(dest).as_posix(): sha256_file(p) for p in files}}
-
-    def _resolve_revision(self, dest: Path, cached_commit: str | None) -> str | None:
-        """The commit downloaded: the revision if it is a sha, else the cache snapshot's commit
-        (offline), else asked from the Hub, else huggingface_hub's download metadata in `dest`."""
-        revision = self.spec.revision
-        if _is_sha(revision):
-            return revision
-        if cached_commit:
-            return cached_commit
-        try:
-            import huggingface_hub
-
-            sha = huggingface_hub.HfApi().dataset_info(self.repo_id, revision=revision).sha
-            if sha:
-                return sha
-        except Exception as e:  # offline, rate limited: provenance degrades, fetch does not fail
-            log.warning("could not resolve %s@%s on the Hub: %s", self.repo_id, revision, e)
-        return _snapshot_commit(dest)
 
     def load(self, raw: Path) -> pl.DataFrame:
         """Draw the sample (module docstring) and build the items table in sample order."""

@@ -23,14 +23,19 @@ from its released materials through `path:`. Sampling: per task, in name order,
 the original's `random.seed(42); random.sample(...)` draws. `n_items` is not used: the item count
 is tasks x per_task.
 
-Scoring here is normalized exact match against any gold annotation, a stand-in: the method's
-accuracy is BERTScore F1 (max over annotations, one idf corpus per task), which needs the whole
-task at once and a GPU model, so it belongs to a later aggregation step, not to this per-answer
-scorer.
+Scoring: the answer and every gold annotation are normalized (`normalize_instruction`); an
+answer shorter than 3 characters after that is invalid (`not_found`). The rest is compared with
+the task's annotations by the similarity backend that `options.similarity` names
+(`cotransfer.similarity`): `exact` (default: normalized exact match against any annotation),
+`embedding` (sentence-embedding cosine) or `bertscore` (the method's BERTScore F1, max over the
+annotations, idf from the task's gold list, which every item carries); correct means the score
+reaches `similarity_threshold`. `Scored.answer` is the normalized answer whatever the backend, so
+consistency compares the same strings. The score itself is not kept by `Scored`: the method's
+accuracy, the mean F1 over a task's items, is an aggregation step's job.
 
 Options: `tasks` (list), `per_task` (default 5), `commit` (40-hex sha, required for download),
 `repo` (default orhonovich/instruction-induction), `induce_path` and `annotations_path` (paths in
-the repository, `{task}` filled in).
+the repository, `{task}` filled in), `similarity` and `similarity_*` (`cotransfer.similarity`).
 """
 
 from __future__ import annotations
@@ -48,6 +53,7 @@ import polars as pl
 
 from cotransfer.datasets.base import DatasetAdapter, Scored, register
 from cotransfer.io import sha256_file
+from cotransfer.similarity import get_backend
 
 ORIGINAL_TASKS = ("cause_and_effect", "larger_animal", "num_to_verbal", "orthography_starts_with",
                   "rhymes", "synonyms", "taxonomy_animal", "translation_en-fr")
@@ -169,6 +175,11 @@ class InstructionInduction(DatasetAdapter):
     version = "1"
     remote = True
 
+    def __init__(self, spec):
+        super().__init__(spec)
+        # checked here, so that a bad option fails at the data stage; models load on first use
+        self.similarity = get_backend(spec.opts, where=f"datasets.{spec.name}.options")
+
     def _tasks(self, default: tuple[str, ...] | list[str]) -> list[str]:
         tasks = self.spec.opts.get("tasks") or default
         if isinstance(tasks, str):
@@ -240,13 +251,16 @@ class InstructionInduction(DatasetAdapter):
         return self.items_frame(rows)
 
     def parse_and_score(self, answer_text: str | None, item: dict) -> Scored:
-        """Normalized exact match against any annotation (BERTScore comes later; see above)."""
-        answer = normalize_instruction(answer_text)
+        """Normalize, then judge against the annotations with the similarity backend (see above).
+
+        `correct` is None only when no annotation survives normalization (nothing to judge by).
+        """
+        answer = normalize_instruction(answer_text if isinstance(answer_text, str) else None)
         if len(answer) < MIN_ANSWER_CHARS:
             return Scored(None, False, False, "not_found")
         meta = item.get("meta") or {}
         if isinstance(meta, str):
             meta = json.loads(meta)
         golds = meta.get("annotations") or ([item["gold"]] if item.get("gold") else [])
-        correct = answer in {normalize_instruction(g) for g in golds}
-        return Scored(answer, True, correct, "ok")
+        match = self.similarity.match(answer, [normalize_instruction(str(g)) for g in golds])
+        return Scored(answer, True, match.correct, "ok")

@@ -3,10 +3,13 @@
 Data stage
     `fetch` downloads the pinned dataset snapshot from the Hugging Face Hub (or copies a local
     CSV/Parquet file given as `path:`) and records the sha256 of every file and the resolved
-    commit. `load` reads the test table, checks that it still has the upstream row order, and draws
-    the sample once: the positions are `numpy.random.RandomState(seed).choice(len(table), n,
-    replace=False)`, which is exactly what the original's pandas `sample(n=100, random_state=42)`
-    computes, taken in the order numpy returns them. The item id is the row's `Row Number`, so
+    commit. Offline (`HF_HUB_OFFLINE=1`, no connection) it takes the files from the local Hub
+    cache instead, as `gsm8k` does (`base.download_dataset`), and the resolved commit is that
+    cache snapshot's. `load` reads the test table, checks that it still has the upstream row
+    order, and draws the sample once: the positions are
+    `numpy.random.RandomState(seed).choice(len(table), n, replace=False)`, which is exactly what
+    the original's pandas `sample(n=100, random_state=42)` computes, taken in the order numpy
+    returns them. The item id is the row's `Row Number`, so
     every later stage joins on it, never on position (pitfall 8).
 
 Scoring
@@ -45,7 +48,8 @@ from pathlib import Path
 
 import polars as pl
 
-from cotransfer.datasets.base import DatasetAdapter, Scored, register
+from cotransfer.datasets.base import (DatasetAdapter, Scored, data_files, download_dataset, register,
+                                      resolve_revision)
 from cotransfer.io import sha256_file
 
 log = logging.getLogger(__name__)
@@ -59,6 +63,8 @@ COLUMNS = ("Row Number", "Calculator ID", "Calculator Name", "Category", "Output
 REQUIRED = ("Row Number", "Calculator ID", "Category", "Output Type", "Patient Note", "Question",
             "Ground Truth Answer", "Lower Limit", "Upper Limit")
 TABLE_SUFFIXES = (".csv", ".parquet", ".jsonl")
+#: what `fetch` takes from a Hub snapshot
+HUB_PATTERNS = ("*.csv", "*.parquet", "*.jsonl", "*.json")
 
 # -- prompt (method.md 4.1 "Prompt"; the wording of the MedCalc-Bench zero-shot template) -------
 
@@ -390,16 +396,14 @@ def score_answer(answer_text: str | None, calculator_id: int, gold: str,
 # -- files ---------------------------------------------------------------------------------------
 
 
-def _data_files(root: Path) -> list[Path]:
-    """Every file under `root`, outside hidden folders such as huggingface_hub's `.cache/`."""
-    return sorted(p for p in root.rglob("*")
-                  if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts))
+def _tables(root: Path) -> list[Path]:
+    return [p for p in data_files(root) if p.name.lower().endswith(TABLE_SUFFIXES)]
 
 
 def pick_table(root: Path, split: str) -> Path:
     """The split's table in a snapshot: the only CSV/Parquet/JSONL file, or the only one whose
     name contains the split name (MedCalc-Bench ships train and test files side by side)."""
-    tables = [p for p in _data_files(root) if p.name.lower().endswith(TABLE_SUFFIXES)]
+    tables = _tables(root)
     if len(tables) == 1:
         return tables[0]
     named = [p for p in tables if split.lower() in p.name.lower()]
@@ -423,23 +427,6 @@ def read_table(path: Path) -> pl.DataFrame:
     return df.with_columns(pl.col(c).cast(pl.String) for c in df.columns)
 
 
-def _snapshot_commit(dest: Path) -> str | None:
-    """Commit recorded by huggingface_hub in `<local_dir>/.cache/huggingface/download/*.metadata`
-    (first line: the commit hash); lets an offline re-run still name the revision it holds."""
-    for meta in sorted((dest / ".cache" / "huggingface" / "download").rglob("*.metadata")):
-        try:
-            first = meta.read_text().splitlines()[0].strip()
-        except (OSError, IndexError):
-            continue
-        if re.fullmatch(r"[0-9a-f]{40}", first):
-            return first
-    return None
-
-
-def _is_sha(revision: str | None) -> bool:
-    return bool(revision) and re.fullmatch(r"[0-9a-f]{40}", revision) is not None
-
-
 # -- adapter -------------------------------------------------------------------------------------
 
 
@@ -452,9 +439,10 @@ class MedCalc(DatasetAdapter):
         """Download (or copy) the raw table into `dest`; return its provenance.
 
         A local `path:` is copied as is; otherwise the dataset snapshot at `revision` is fetched
-        with huggingface_hub (tables and JSON only). `resolved_revision` is the commit actually
-        downloaded: the revision itself when it is a sha, else asked from the Hub, else read from
-        the snapshot's download metadata; None if none of these works.
+        with huggingface_hub (tables and JSON only), offline from the local Hub cache
+        (`base.download_dataset`). `resolved_revision` is the commit actually fetched: the
+        revision itself when it is a sha, else the cache snapshot's commit (offline), else asked
+        from the Hub, else read from the download metadata in `dest`; None if none of these works.
         """
         spec = self.spec
         dest = Path(dest)
@@ -463,30 +451,12 @@ class MedCalc(DatasetAdapter):
             return self.copy_local_file(dest)
         if not spec.repo_id:
             raise ValueError(f"datasets.{spec.name}: give repo_id or path")
-        import huggingface_hub
-
-        huggingface_hub.snapshot_download(
-            repo_id=spec.repo_id, repo_type="dataset", revision=spec.revision,
-            allow_patterns=["*.csv", "*.parquet", "*.jsonl", "*.json"], local_dir=dest)
+        _, cached_commit = download_dataset(spec.repo_id, spec.revision, list(HUB_PATTERNS), dest, _tables)
         table = pick_table(dest, spec.split)
         return {"dataset_repo_id": spec.repo_id, "dataset_revision": spec.revision,
-                "resolved_revision": self._resolve_revision(dest),
+                "resolved_revision": resolve_revision(spec.repo_id, spec.revision, dest, cached_commit),
                 "data_files": [str(table.relative_to(dest))],
-                "files": {str(p.relative_to(dest)): sha256_file(p) for p in _data_files(dest)}}
-
-    def _resolve_revision(self, dest: Path) -> str | None:
-        spec = self.spec
-        if _is_sha(spec.revision):
-            return spec.revision
-        try:
-            import huggingface_hub
-
-            sha = huggingface_hub.HfApi().dataset_info(spec.repo_id, revision=spec.revision).sha
-            if sha:
-                return sha
-        except Exception as e:  # offline, rate limited, gated: provenance degrades, fetch does not fail
-            log.warning("could not resolve %s@%s on the Hub: %s", spec.repo_id, spec.revision, e)
-        return _snapshot_commit(dest)
+                "files": {str(p.relative_to(dest)): sha256_file(p) for p in data_files(dest)}}
 
     def load(self, raw: Path) -> pl.DataFrame:
         """Draw the sample (see the module docstring) and build the items table in sample order."""
