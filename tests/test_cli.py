@@ -78,3 +78,16 @@ def test_validate(tmp_path, capsys):
     assert main(["validate", str(bad)]) == 1
     assert "models" in capsys.readouterr().err
     assert main(["validate", str(ROOT / "config/demo.yaml")]) == 0
+
+
+def test_score_passes_dataset_options(official_csv, tmp_path, capsys):
+    """--option reaches the adapter like a config's `options:` (here: a bad similarity backend
+    for Instruction Induction is named; a malformed option is refused)."""
+    gen = tmp_path / "gen.parquet"
+    pl.DataFrame({"item_id": ["x"], "answer_text": ["1"]}).write_parquet(gen)
+    data = ROOT / "tests/fixtures/instruction_induction"
+    argv = ["score", "instruction_induction", "--data", str(data), "--generations", str(gen), "-o", str(tmp_path / "o")]
+    assert main(argv + ["--option", "similarity=bleu"]) == 2
+    assert "similarity" in capsys.readouterr().err
+    assert main(argv + ["--option", "similarity"]) == 2
+    assert "KEY=VALUE" in capsys.readouterr().err

@@ -6,7 +6,7 @@ from cotransfer.config import ConfigError, Study, config_sha256, validate
 def test_shipped_configs_validate(demo_config, paper_config):
     demo = Study.from_dict(validate(demo_config))
     paper = Study.from_dict(validate(paper_config))
-    assert len(demo.models) == 3 and {m.source for m in demo.models.values()} == {"toy"}
+    assert len(demo.models) == 4 and {m.source for m in demo.models.values()} == {"local"}
     assert list(paper.models) == ["nrr", "opent", "oss", "qwq", "dapo"]
     assert set(paper.datasets) == {"medcalc", "ii"}
     assert len(paper.ensembles) == 3
@@ -21,7 +21,10 @@ def test_defaults_are_filled(demo_config):
     assert demo_config["decoding"]["top_k"] == -1
     assert demo_config["engine"]["gpu_memory_utilization"] == 0.9
     assert demo_config["models"]["toy_qwq"]["dtype"] == "bfloat16"
-    assert demo_config["models"]["toy_dapo"]["toy"]["opens_thinking"] is False
+    demo_config["models"]["rand"] = {"family": "think", "toy": {"seed": 3}}
+    validate(demo_config)
+    assert demo_config["models"]["rand"]["toy"] == {"seed": 3, "hidden_size": 64, "num_layers": 2, "num_heads": 2,
+                                                    "head_dim": 32, "vocab_size": 512, "opens_thinking": False}
     assert demo_config["consistency"] == {"definition": "paper"}
 
 

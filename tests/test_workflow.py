@@ -82,9 +82,18 @@ def test_bad_config_fails_before_any_job(tmp_path, bad, key):
     assert not (tmp_path / "results").exists() and not (tmp_path / "resources").exists()
 
 
-def reduced_demo() -> dict:
+def demo_config_abs() -> dict:
+    """The demo config with the committed models' paths made absolute (runs happen in tmp dirs)."""
     cfg = load_yaml("config/demo.yaml")
+    for spec in cfg["models"].values():
+        spec["path"] = str(ROOT / spec["path"])
+    return cfg
+
+
+def reduced_demo() -> dict:
+    cfg = demo_config_abs()
     cfg["models"].pop("toy_opent")
+    cfg["models"].pop("toy_weak")
     cfg["datasets"]["toyarith"]["n_items"] = 3
     cfg["ensembles"] = {"ens": {"generators": ["toy_qwq", "toy_dapo"], "evaluators": ["toy_dapo"],
                                 "candidates": 2, "chunk_tokens": 6, "max_steps": 2, "thinking_cap": 24}}
@@ -150,7 +159,7 @@ def test_demo_rerun_plans_nothing_and_new_model_plans_only_new_jobs(demo_run):
     out = snakemake("-n", "--cores", "2", "--configfile", "demo.yaml", cwd=demo_run).stdout
     assert "Nothing to be done" in out, out[-3000:]
     cfg = reduced_demo()
-    cfg["models"]["toy_opent"] = load_yaml("config/demo.yaml")["models"]["toy_opent"]
+    cfg["models"]["toy_opent"] = demo_config_abs()["models"]["toy_opent"]
     (demo_run / "more.yaml").write_text(yaml.safe_dump(cfg))
     counts = job_counts(snakemake("-n", "--cores", "2", "--configfile", "more.yaml", cwd=demo_run).stdout)
     assert counts == {

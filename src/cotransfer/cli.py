@@ -1,4 +1,5 @@
-"""The `cotransfer` command: audit lineage, compute consistency, re-score, validate a config."""
+"""The `cotransfer` command: audit lineage, compute consistency, re-score, validate a config,
+train the demo's toy models."""
 
 from __future__ import annotations
 
@@ -78,6 +79,7 @@ def cmd_consistency(args) -> int:
 
 def cmd_score(args) -> int:
     import polars as pl
+    import yaml
 
     from cotransfer import io
     from cotransfer.config import DatasetSpec
@@ -89,8 +91,19 @@ def cmd_score(args) -> int:
     except KeyError as e:
         print(f"cotransfer score: {e.args[0]}", file=sys.stderr)
         return 2
-    spec = DatasetSpec(name=args.kind, adapter=args.kind, path=args.data, n_items=None)
-    items = adapter_cls(spec).load_all(Path(args.data))
+    options = []
+    for kv in args.option:
+        key, sep, value = kv.partition("=")
+        if not sep or not key:
+            print(f"cotransfer score: --option {kv!r} is not KEY=VALUE", file=sys.stderr)
+            return 2
+        options.append((key, yaml.safe_load(value)))  # numbers and lists as in a config file
+    spec = DatasetSpec(name=args.kind, adapter=args.kind, path=args.data, n_items=None, options=tuple(options))
+    try:
+        items = adapter_cls(spec).load_all(Path(args.data))
+    except ValueError as e:
+        print(f"cotransfer score: {e}", file=sys.stderr)
+        return 2
     gens = pl.read_parquet(args.generations)
     try:
         scored = score_generations(spec, items, gens)
@@ -119,6 +132,21 @@ def cmd_validate(args) -> int:
     return 0
 
 
+def cmd_train_toys(args) -> int:
+    import logging
+
+    from cotransfer.toymodels import RECIPES, train_recipes
+
+    unknown = sorted(set(args.names) - set(RECIPES))
+    if unknown:
+        print(f"cotransfer train-toys: unknown model(s) {unknown}; known: {sorted(RECIPES)}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    for path, acc in train_recipes(args.out, args.names or None, args.jobs):
+        print(f"{path}: held-out accuracy {acc['own']:.0%} with its own CoT, {acc['empty']:.0%} with an empty one")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="cotransfer", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -139,11 +167,19 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--data", required=True, help="the dataset file in its official format")
     s.add_argument("--generations", required=True, help="Parquet with at least item_id and answer_text")
     s.add_argument("-o", "--output", required=True)
+    s.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="a dataset option as in the config, e.g. similarity=embedding (repeatable)")
     s.set_defaults(fn=cmd_score)
 
     v = sub.add_parser("validate", help="check a config file against the schema")
     v.add_argument("config")
     v.set_defaults(fn=cmd_validate)
+
+    t = sub.add_parser("train-toys", help="train the demo's toy reasoning models (2-3 min each on 2 cores)")
+    t.add_argument("out", help="output directory (the demo uses data/models)")
+    t.add_argument("names", nargs="*", help="models to train (default: every recipe)")
+    t.add_argument("-j", "--jobs", type=int, help="models trained at once, one thread each (default: one per core)")
+    t.set_defaults(fn=cmd_train_toys)
 
     args = p.parse_args(argv)
     return args.fn(args)

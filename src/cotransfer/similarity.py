@@ -64,6 +64,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
+from cotransfer.registry import registrar
+
 log = logging.getLogger(__name__)
 
 OPTION = "similarity"
@@ -88,16 +90,7 @@ class Match:
     correct: bool | None
 
 
-def register(name: str):
-    """Class decorator: make a backend available as `options.similarity: name`."""
-
-    def add(cls):
-        if BACKENDS.setdefault(name, cls) is not cls:
-            raise ValueError(f"similarity backend {name!r} registered twice")
-        cls.name = name
-        return cls
-
-    return add
+register = registrar(BACKENDS, "similarity backend")  # register(name) is a class decorator
 
 
 def get_backend(options: Mapping, where: str = "options") -> "Backend":

@@ -2,24 +2,59 @@
 
 A toy model is a Hugging Face Qwen2 checkpoint (an architecture vLLM serves on CPU and GPU) with
 a byte-level BPE tokenizer trained on text of the toy task, and a chat template of its family's
-format. Weights are random but deterministic (seeded), so a rebuilt model is identical: the demo
-then measures noise, but every stage runs on a real model through real vLLM.
-`TOY_VERSION` is part of every toy model's identity (rule params): bump it when a change here
-changes the weights or the tokenizer.
+format. Two kinds:
+
+- `build()`: random weights, deterministic from the seed (tests, benchmarks, `toy:` models in a
+  config). A wide init makes the output depend on the prompt; it is still noise.
+- `train()`: the same architecture trained on CPU, in about three minutes, to solve the
+  `toyarith` task with a chain of thought in the model's own phrasing (`STYLES`) and thinking
+  format. These are the demo's models (`RECIPES`), committed under `data/models/` and rebuilt
+  with `cotransfer train-toys data/models`.
+
+What training teaches, and so what the demo can measure:
+
+- *own CoT* (85% of the examples): the question, the model's own step-by-step CoT, the close
+  marker and "The answer is N." (loss on the completion). Chains of 1 to 3 steps: the short
+  ones are learned first and make the long ones easier. Its own greedy CoT then solves the task.
+- *reading* (10%): a CoT in any of the styles, half of them with a wrong step carried through,
+  followed by the answer that CoT arrives at (loss on the answer only). A model thus answers from
+  the thinking it is given, so a transferred CoT pulls it toward the source's answer, and a CoT
+  in another model's phrasing is still readable.
+- *empty* (5%): the closed, empty thinking section and the gold answer (loss on the answer). Two
+  layers cannot compute the answer from the question alone, so this teaches the answer format
+  and a guess: the empty condition measures what a model knows without its reasoning.
+
+The weak model has half the training of the others: its CoTs contain errors, and it follows
+them.
+
+Tokenizer: transformers loads a tokenizer of a `qwen2` checkpoint as `Qwen2Tokenizer`, which
+replaces the saved pre-tokenizer with Qwen2's (single digits). We build the tokenizer with exactly
+that pre-tokenizer and encode training text with the tokenizer as loaded back from disk, i.e. as
+vLLM will see it (`load_tokenizer`).
 
 Constraints from vLLM's CPU backend: head_dim must be 32 or 64; dtype float32 on CPU.
+`TOY_VERSION` is part of every random toy model's identity (rule params): bump it when a change
+here changes the weights or the tokenizer.
 """
 
 from __future__ import annotations
 
+import logging
+import math
 import random
+import time
 from pathlib import Path
 
 from cotransfer.formats import get_format
 
-TOY_VERSION = "2"
+log = logging.getLogger(__name__)
+
+TOY_VERSION = "3"
 SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>",
            "<|begin_of_thought|>", "<|end_of_thought|>", "<|begin_of_solution|>", "<|end_of_solution|>"]
+# transformers' Qwen2Tokenizer pre-tokenization (it overrides the saved one on load).
+QWEN2_PRETOKENIZE_REGEX = (r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"""
+                           r"""| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+""")
 
 # A Qwen-style ChatML template. `{opener}` is filled per family when the template should open
 # the thinking section itself (like QwQ's), to exercise the opener de-duplication.
@@ -30,60 +65,275 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}<|im_start|>assistant\n{opener}{% endif %}"
 )
 
+_SYMBOL = {"Add": "+", "Subtract": "-", "Multiply by": "*"}
+_WORD = {"Add": "plus", "Subtract": "minus", "Multiply by": "times"}
+#: How each model phrases one step (value before, operation, operand, value after).
+STYLES = {
+    "symbols": lambda b, op, x, a: f"{b}{_SYMBOL[op]}{x}={a}.",
+    "arrows": lambda b, op, x, a: f"{b} {_SYMBOL[op]} {x} -> {a};",
+    "words": lambda b, op, x, a: f"{b} {_WORD[op]} {x} is {a}.",
+}
+
+#: The demo's models: different seeds, phrasings, formats and capacities; one weak model.
+RECIPES: dict[str, dict] = {
+    "toy_qwq": {"family": "think", "seed": 1, "style": "symbols", "opens_thinking": True, "steps": 1200},
+    "toy_dapo": {"family": "think", "seed": 2, "style": "arrows", "steps": 1300},
+    "toy_opent": {"family": "openthinker", "seed": 6, "style": "words", "steps": 1800},
+    "toy_weak": {"family": "think", "seed": 4, "style": "symbols", "steps": 600},  # half the training
+}
+#: The task the recipes train on (the demo's `toyarith` options must match).
+TASK = {"steps": 3, "modulus": 10}
+TRAIN_DEFAULTS = {"hidden_size": 128, "num_layers": 2, "num_heads": 4, "head_dim": 32, "batch_size": 32,
+                  "lr": 2e-3, "warmup": 100, "reading_fraction": 0.1, "error_rate": 0.5,
+                  "empty_fraction": 0.05}
+
+
+def cot_text(chain, style: str, trace=None) -> str:
+    """The chain of thought of a `toyarith` chain in one phrasing (its own trace by default)."""
+    step = STYLES[style]
+    trace = chain.trace if trace is None else trace
+    return " ".join(step(b, op, x, a) for (op, x), b, a in zip(chain.ops, trace[:-1], trace[1:]))
+
+
+def flawed_trace(chain, rng: random.Random, modulus: int) -> tuple[int, ...]:
+    """The chain's trace with one step's result wrong and every later step computed from it."""
+    from cotransfer.datasets.toyarith import OPS
+
+    fns = dict(OPS)
+    k = rng.randrange(1, len(chain.trace))
+    trace = list(chain.trace[:k])
+    wrong = rng.choice([v for v in range(modulus) if v != chain.trace[k]])
+    trace.append(wrong)
+    for op, x in chain.ops[k:]:
+        trace.append(fns[op](trace[-1], x) % modulus)
+    return tuple(trace)
+
 
 def corpus(n: int = 400, seed: int = 0) -> list[str]:
-    """Training text for the tokenizer: questions and step-by-step solutions of the toy task."""
-    from cotransfer.datasets.toyarith import make_item
+    """Training text for the tokenizer: questions and solutions of the toy task, every style."""
+    from cotransfer.datasets.toyarith import SYSTEM, make_chain
 
     rng = random.Random(seed)
-    lines = ["You are a careful calculator. Think step by step, then state the final answer."]
+    lines = [SYSTEM]
     for _ in range(n):
-        q, ans, trace = make_item(rng, 4, 10)
-        steps = " ".join(f"Now the value is {v}." for v in trace)
-        lines += [q, f"Let me work through it. {steps} So the result is {ans}.", f"The answer is {ans}."]
+        c = make_chain(rng, TASK["steps"], TASK["modulus"])
+        lines += [c.question, *(cot_text(c, s) for s in STYLES), f"The answer is {c.answer}."]
     return lines
 
 
-def build(out_dir: str | Path, family: str, params: dict) -> Path:
-    """Build tokenizer and random-weight model into `out_dir` (created); return the path."""
-    import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
-
-    fmt = get_format(family)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    seed = int(params.get("seed", 0))
+def _write_tokenizer(out: Path, family: str, params: dict) -> None:
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(QWEN2_PRETOKENIZE_REGEX), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=int(params.get("vocab_size", 512)), special_tokens=SPECIAL,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
     )
-    tok.train_from_iterator(corpus(seed=seed), trainer=trainer)
-    opener = (fmt.opener + "\n") if params.get("opens_thinking") else ""
-    hf_tok = PreTrainedTokenizerFast(
+    tok.train_from_iterator(corpus(seed=int(params.get("seed", 0))), trainer=trainer)
+    opener = (get_format(family).opener + "\n") if params.get("opens_thinking") else ""
+    PreTrainedTokenizerFast(
         tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
         bos_token=None, chat_template=CHAT_TEMPLATE.replace("{opener}", opener),
-    )
+    ).save_pretrained(out)
+
+
+def load_tokenizer(path: str | Path):
+    """The tokenizer of a model directory, as transformers (and so vLLM) loads it."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(path))
+
+
+def _model(tok, params: dict, initializer_range: float):
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
     hidden = int(params.get("hidden_size", 64))
-    heads = int(params.get("num_heads", 2))
-    head_dim = int(params.get("head_dim", 32))
     cfg = Qwen2Config(
-        vocab_size=len(hf_tok), hidden_size=hidden, intermediate_size=2 * hidden,
-        num_hidden_layers=int(params.get("num_layers", 2)), num_attention_heads=heads,
-        num_key_value_heads=1, head_dim=head_dim, max_position_embeddings=2048,
-        tie_word_embeddings=True, eos_token_id=hf_tok.eos_token_id,
-        pad_token_id=hf_tok.pad_token_id, bos_token_id=None, torch_dtype="float32",
-        # A wide init: with the default 0.02 the logits are nearly flat and greedy decoding
-        # repeats one token for every prompt; at 0.5 the output depends on the prompt, so the
-        # demo's answers differ between items and models (still noise: nothing is trained).
-        initializer_range=0.5,
+        vocab_size=len(tok), hidden_size=hidden, intermediate_size=int(params.get("mlp_ratio", 2)) * hidden,
+        num_hidden_layers=int(params.get("num_layers", 2)), num_attention_heads=int(params.get("num_heads", 2)),
+        num_key_value_heads=int(params.get("num_kv_heads", 1)), head_dim=int(params.get("head_dim", 32)), max_position_embeddings=2048,
+        tie_word_embeddings=True, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+        bos_token_id=None, torch_dtype="float32", initializer_range=initializer_range,
     )
-    torch.manual_seed(seed)
-    model = Qwen2ForCausalLM(cfg)
-    model.save_pretrained(out, safe_serialization=True)
-    hf_tok.save_pretrained(out)
+    torch.manual_seed(int(params.get("seed", 0)))
+    return Qwen2ForCausalLM(cfg)
+
+
+def _prepare(out_dir: str | Path, family: str, params: dict):
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    _write_tokenizer(out, family, params)
+    return out, load_tokenizer(out)
+
+
+def build(out_dir: str | Path, family: str, params: dict) -> Path:
+    """Build tokenizer and random-weight model into `out_dir` (created); return the path.
+
+    A wide init (0.5): with the default 0.02 the logits are nearly flat and greedy decoding
+    repeats one token for every prompt; at 0.5 the output depends on the prompt.
+    """
+    out, tok = _prepare(out_dir, family, params)
+    _model(tok, params, initializer_range=0.5).save_pretrained(out, safe_serialization=True)
     return out
+
+
+def training_example(tok, family: str, chain, style: str | None, trace=None) -> tuple[list[int], list[int], int]:
+    """(prompt ids, completion ids, index in the completion where the answer starts).
+
+    The completion is the CoT (of `trace`, default the chain's own; none if `style` is None),
+    the family's close marker and answer markers, and "The answer is N." with N the CoT's final
+    value (the gold answer for an empty CoT).
+    """
+    from cotransfer.datasets.toyarith import SYSTEM
+
+    fmt = get_format(family)
+    trace = chain.trace if trace is None else trace
+    prompt = fmt.prompt(tok, [{"role": "system", "content": SYSTEM}, {"role": "user", "content": chain.question}])
+    cot = "" if style is None else cot_text(chain, style, trace)
+    thinking = tok.encode(cot + fmt.closer + fmt.answer_opener, add_special_tokens=False)
+    answer = tok.encode(f"The answer is {trace[-1]}." + fmt.answer_closer + tok.eos_token, add_special_tokens=False)
+    return tok.encode(prompt, add_special_tokens=False), thinking + answer, len(thinking)
+
+
+def _batch(tok, family: str, params: dict, rng: random.Random):
+    """One training batch: own-CoT examples and reading examples (see the module doc)."""
+    import torch
+
+    from cotransfer.datasets.toyarith import make_chain
+
+    rows = []
+    for _ in range(int(params["batch_size"])):
+        # shorter chains too: the first steps are learned first, and they make the later ones easier
+        chain = make_chain(rng, rng.randint(1, TASK["steps"]), TASK["modulus"])
+        draw = rng.random()
+        if draw < float(params["reading_fraction"]):
+            trace = flawed_trace(chain, rng, TASK["modulus"]) if rng.random() < float(params["error_rate"]) else None
+            p, c, answer_at = training_example(tok, family, chain, rng.choice(list(STYLES)), trace)
+        elif draw < float(params["reading_fraction"]) + float(params["empty_fraction"]):
+            p, c, answer_at = training_example(tok, family, chain, None)
+        else:
+            p, c, answer_at = training_example(tok, family, chain, params["style"])
+            answer_at = 0
+        rows.append((p, c, answer_at))
+    width = max(len(p) + len(c) for p, c, _ in rows)
+    ids = torch.full((len(rows), width), tok.pad_token_id)
+    labels = torch.full((len(rows), width), -100)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, (p, c, answer_at) in enumerate(rows):
+        ids[i, : len(p) + len(c)] = torch.tensor(p + c)
+        labels[i, len(p) + answer_at: len(p) + len(c)] = torch.tensor(c[answer_at:])
+        mask[i, : len(p) + len(c)] = 1
+    return ids, mask, labels
+
+
+def train(out_dir: str | Path, family: str, params: dict) -> Path:
+    """Train a toy reasoning model on `toyarith` with CoT into `out_dir`; return the path.
+
+    Deterministic for a given seed and torch thread count. About 2 minutes for 1000 steps of
+    batch 32 on 2 cores (2 layers, width 128).
+    """
+    import torch
+
+    params = {**TRAIN_DEFAULTS, **params}
+    out, tok = _prepare(out_dir, family, params)
+    model = _model(tok, params, initializer_range=0.02)
+    seed, steps, peak, warmup = int(params["seed"]), int(params["steps"]), float(params["lr"]), int(params["warmup"])
+    rng = random.Random(seed * 7919)
+    opt = torch.optim.AdamW(model.parameters(), lr=peak, weight_decay=0.01)
+    model.train()
+    t0 = time.perf_counter()
+    losses = []
+    for step in range(steps):
+        ids, mask, labels = _batch(tok, family, params, rng)
+        lr = peak * min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * step / steps))
+        for group in opt.param_groups:
+            group["lr"] = lr
+        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        losses.append(round(loss.item(), 4))
+        if (step + 1) % 100 == 0 or step + 1 == steps:
+            log.info("%s: step %d/%d loss %.4f (%.0f s)", out.name, step + 1, steps, loss.item(),
+                     time.perf_counter() - t0)
+    model.eval()
+    model.save_pretrained(out, safe_serialization=True)
+    _record(out, family, params, losses, time.perf_counter() - t0)
+    return out
+
+
+def _record(out: Path, family: str, params: dict, losses: list[float], seconds: float) -> None:
+    """`training.json`: how the weights next to it were made (recipe, versions, loss curve)."""
+    import platform
+
+    import torch
+    import transformers
+
+    from cotransfer import io
+
+    io.write_json(out / "training.json", {
+        "family": family, "recipe": params, "task": TASK, "toy_version": TOY_VERSION,
+        "torch": torch.__version__, "transformers": transformers.__version__, "threads": torch.get_num_threads(),
+        "python": platform.python_version(), "seconds": round(seconds, 1),
+        "loss_first": losses[0], "loss_last": losses[-1], "loss_every_50": losses[::50],
+    })
+
+
+def evaluate(model_dir: str | Path, family: str, n: int = 50, seed: int = 999) -> dict[str, float]:
+    """Quick held-out check through transformers (greedy): accuracy with the model's own CoT and
+    with an empty one. The pipeline measures the same through vLLM; this is for `train-toys`."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from cotransfer.datasets.toyarith import SYSTEM, make_chain
+
+    tok, fmt = load_tokenizer(model_dir), get_format(family)
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir)).eval()
+    rng = random.Random(seed)
+    hits = {"own": 0, "empty": 0}
+    for _ in range(n):
+        chain = make_chain(rng, TASK["steps"], TASK["modulus"])
+        prompt = fmt.prompt(tok, [{"role": "system", "content": SYSTEM}, {"role": "user", "content": chain.question}])
+        for kind, text, budget in (("own", prompt, 96), ("empty", fmt.empty(prompt), 16)):
+            ids = torch.tensor([tok.encode(text, add_special_tokens=False)])
+            with torch.no_grad():
+                gen = model.generate(ids, max_new_tokens=budget, do_sample=False, pad_token_id=tok.pad_token_id)
+            completion = tok.decode(gen[0, ids.shape[1]:], skip_special_tokens=False)
+            answer = fmt.split(completion).answer if kind == "own" else fmt.answer_text(completion)
+            hits[kind] += answer.startswith(f"The answer is {chain.answer}.")
+    return {k: v / n for k, v in hits.items()}
+
+
+def _train_recipe(out_root: str, name: str) -> tuple[Path, dict]:
+    import torch
+
+    torch.set_num_threads(1)  # one thread per model: determinism does not depend on the machine
+    if not logging.getLogger().handlers:  # a spawned worker: report progress like the parent
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    recipe = dict(RECIPES[name])
+    family = recipe.pop("family")
+    path = train(Path(out_root) / name, family, recipe)
+    return path, evaluate(path, family)
+
+
+def train_recipes(out_root: str | Path, names: list[str] | None = None, jobs: int | None = None
+                  ) -> list[tuple[Path, dict]]:
+    """Train the demo's models (`RECIPES`) into `out_root/<name>`, `jobs` at a time (default: one
+    per core), each on one thread; return (path, held-out accuracy) per model."""
+    import multiprocessing
+    import os
+    from concurrent.futures import ProcessPoolExecutor
+
+    names = names or list(RECIPES)
+    jobs = max(1, min(jobs or os.cpu_count() or 1, len(names)))
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return list(pool.map(_train_recipe, [str(out_root)] * len(names), names))

@@ -100,6 +100,14 @@ def get_items_input(wildcards):
     return {}
 
 
+def get_model_files(wildcards):
+    """A local model's files, so that changed weights re-run everything downstream."""
+    spec = STUDY.model(wildcards.anymodel)
+    if spec.source != "local" or not spec.path or not Path(spec.path).is_dir():
+        return []  # hub and toy models have no local input; a missing dir fails in the job
+    return sorted(str(f) for f in Path(spec.path).rglob("*") if f.is_file())
+
+
 def get_prefill_cots(wildcards):
     """The CoT a prefill job gives its evaluator: its own stripped CoT, a model's, or an ensemble's."""
     if wildcards.condition in ("default", "sampled"):

@@ -26,6 +26,8 @@ rule items:
 
 
 rule prepare_model:
+    input:
+        get_model_files,
     output:
         f"{RES}/models/{{anymodel}}.json",
     log:

@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, ClassVar
 
 import polars as pl
 
+from cotransfer.registry import registrar
+
 if TYPE_CHECKING:
     from cotransfer.config import DatasetSpec
 
@@ -23,16 +25,7 @@ ITEM_SCHEMA = {"item_id": pl.String, "system": pl.String, "user": pl.String,
 ADAPTERS: dict[str, type["DatasetAdapter"]] = {}
 
 
-def register(name: str):
-    """Class decorator: make an adapter available under `name` (the config's `adapter:`)."""
-
-    def add(cls):
-        if ADAPTERS.setdefault(name, cls) is not cls:
-            raise ValueError(f"dataset adapter {name!r} registered twice")
-        cls.name = name
-        return cls
-
-    return add
+register = registrar(ADAPTERS, "dataset adapter")  # register(name) is a class decorator
 
 
 def get_adapter(name: str) -> type["DatasetAdapter"]:
