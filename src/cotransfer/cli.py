@@ -175,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     v.add_argument("config")
     v.set_defaults(fn=cmd_validate)
 
-    t = sub.add_parser("train-toys", help="train the demo's toy reasoning models (2-3 min each on 2 cores)")
+    t = sub.add_parser("train-toys", help="train the demo's toy reasoning models (about 10 min for all four on 2 cores)")
     t.add_argument("out", help="output directory (the demo uses data/models)")
     t.add_argument("names", nargs="*", help="models to train (default: every recipe)")
     t.add_argument("-j", "--jobs", type=int, help="models trained at once, one thread each (default: one per core)")

@@ -6,7 +6,7 @@ format. Two kinds:
 
 - `build()`: random weights, deterministic from the seed (tests, benchmarks, `toy:` models in a
   config). A wide init makes the output depend on the prompt; it is still noise.
-- `train()`: the same architecture trained on CPU, in about three minutes, to solve the
+- `train()`: the same architecture trained on CPU, in 2 to 6 minutes on one thread, to solve the
   `toyarith` task with a chain of thought in the model's own phrasing (`STYLES`) and thinking
   format. These are the demo's models (`RECIPES`), committed under `data/models/` and rebuilt
   with `cotransfer train-toys data/models`.
@@ -237,8 +237,8 @@ def _batch(tok, family: str, params: dict, rng: random.Random):
 def train(out_dir: str | Path, family: str, params: dict) -> Path:
     """Train a toy reasoning model on `toyarith` with CoT into `out_dir`; return the path.
 
-    Deterministic for a given seed and torch thread count. About 2 minutes for 1000 steps of
-    batch 32 on 2 cores (2 layers, width 128).
+    Deterministic for a given seed and torch thread count. About 4 minutes for 1200 steps of
+    batch 32 on one thread (2 layers, width 128).
     """
     import torch
 
