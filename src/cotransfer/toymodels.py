@@ -157,9 +157,9 @@ def _model(tok, params: dict, initializer_range: float):
 
     hidden = int(params.get("hidden_size", 64))
     cfg = Qwen2Config(
-        vocab_size=len(tok), hidden_size=hidden, intermediate_size=int(params.get("mlp_ratio", 2)) * hidden,
+        vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden,
         num_hidden_layers=int(params.get("num_layers", 2)), num_attention_heads=int(params.get("num_heads", 2)),
-        num_key_value_heads=int(params.get("num_kv_heads", 1)), head_dim=int(params.get("head_dim", 32)), max_position_embeddings=2048,
+        num_key_value_heads=1, head_dim=int(params.get("head_dim", 32)), max_position_embeddings=2048,
         tie_word_embeddings=True, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
         bos_token_id=None, torch_dtype="float32", initializer_range=initializer_range,
     )
@@ -185,6 +185,14 @@ def build(out_dir: str | Path, family: str, params: dict) -> Path:
     return out
 
 
+def _messages(chain) -> list[dict]:
+    """The chat messages of a toy item, as the pipeline builds them (`inference.messages`)."""
+    from cotransfer.datasets.toyarith import SYSTEM
+    from cotransfer.inference import messages
+
+    return messages({"system": SYSTEM, "user": chain.question})
+
+
 def training_example(tok, family: str, chain, style: str | None, trace=None) -> tuple[list[int], list[int], int]:
     """(prompt ids, completion ids, index in the completion where the answer starts).
 
@@ -192,11 +200,9 @@ def training_example(tok, family: str, chain, style: str | None, trace=None) -> 
     the family's close marker and answer markers, and "The answer is N." with N the CoT's final
     value (the gold answer for an empty CoT).
     """
-    from cotransfer.datasets.toyarith import SYSTEM
-
     fmt = get_format(family)
     trace = chain.trace if trace is None else trace
-    prompt = fmt.prompt(tok, [{"role": "system", "content": SYSTEM}, {"role": "user", "content": chain.question}])
+    prompt = fmt.prompt(tok, _messages(chain))
     cot = "" if style is None else cot_text(chain, style, trace)
     thinking = tok.encode(cot + fmt.closer + fmt.answer_opener, add_special_tokens=False)
     answer = tok.encode(f"The answer is {trace[-1]}." + fmt.answer_closer + tok.eos_token, add_special_tokens=False)
@@ -294,7 +300,7 @@ def evaluate(model_dir: str | Path, family: str, n: int = 50, seed: int = 999) -
     import torch
     from transformers import AutoModelForCausalLM
 
-    from cotransfer.datasets.toyarith import SYSTEM, make_chain
+    from cotransfer.datasets.toyarith import make_chain
 
     tok, fmt = load_tokenizer(model_dir), get_format(family)
     model = AutoModelForCausalLM.from_pretrained(str(model_dir)).eval()
@@ -302,7 +308,7 @@ def evaluate(model_dir: str | Path, family: str, n: int = 50, seed: int = 999) -
     hits = {"own": 0, "empty": 0}
     for _ in range(n):
         chain = make_chain(rng, TASK["steps"], TASK["modulus"])
-        prompt = fmt.prompt(tok, [{"role": "system", "content": SYSTEM}, {"role": "user", "content": chain.question}])
+        prompt = fmt.prompt(tok, _messages(chain))
         for kind, text, budget in (("own", prompt, 96), ("empty", fmt.empty(prompt), 16)):
             ids = torch.tensor([tok.encode(text, add_special_tokens=False)])
             with torch.no_grad():
