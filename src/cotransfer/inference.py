@@ -15,16 +15,20 @@ Generation table, one row per (item, sample) of one evaluator under one conditio
 
 A free run has two phases (method.md section 3): the thinking phase up to the thinking budget;
 then, for every row whose thinking was not closed, the closer and answer opener are appended and
-the answer phase runs. Each phase is one batched call over all rows of the job.
+the answer phase runs.
+
+A job pools every output it writes (all conditions of a free run; every CoT source and variant
+an evaluator reads) into one list of units and runs them with `run()`: each phase of each shard
+is one batched engine call over all of them, and the rows are split back into one table per
+output. Resume after a crash and incremental re-runs come from the engine's request cache.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
+import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import polars as pl
 
@@ -103,62 +107,134 @@ def frame(rows: list[dict]) -> pl.DataFrame:
 
 @dataclass(frozen=True)
 class Unit:
-    """One row of work: an (item, sample) with its request and whatever the row records."""
+    """One row of work: an (item, sample) of one output, with its (first) request.
+
+    `free` units are free runs (thinking phase, then the answer phase where needed); the others
+    are prefilled: their request already is the answer phase on a given CoT."""
 
     item_id: str
     sample: int
     request: Request
+    condition: str
+    variant: str | None = None
+    cot_source: str | None = None
     cot: str = ""
+    free: bool = False
     missing_cot: bool = False
 
-    def fingerprint(self) -> list:
-        return [self.item_id, self.sample, self.request.prompt, self.request.params()]
+    @property
+    def output(self) -> tuple[str, str | None, str | None]:
+        """Which output table the row goes to: (condition, variant, cot_source)."""
+        return (self.condition, self.variant, self.cot_source)
 
 
-def sharded(units: list[Unit], process, *, parts: Path | None, shard_size: int, prov: dict | None,
-            what: str) -> pl.DataFrame:
-    """Run `process` over `units` in shards, each written to `parts/` as soon as it is done.
+@dataclass
+class RunResult:
+    """The rows of a run, one frame per output, and per output how its requests were served."""
 
-    A shard's file name carries a hash of its units (keys, prompts, sampling parameters), so a
-    re-run after preemption or a crash reuses exactly the shards whose work is unchanged and
-    recomputes the rest; shards of a changed job are never mixed in. The caller writes the merged
-    output atomically and then removes `parts/`. Without `parts`, everything is one call.
+    frames: dict[tuple, pl.DataFrame]
+    counts: dict[tuple, dict[str, int]]
+
+    def __getitem__(self, output: tuple) -> pl.DataFrame:
+        return self.frames[output]
+
+
+def run(job: Job, units: list[Unit], *, shard_size: int | None = None, what: str = "run") -> RunResult:
+    """Every unit of a job through the engine, in shards of `shard_size` units (all of them in
+    one shard by default); each shard is one batched engine call per phase.
+
+    Resume and incremental runs need nothing here: the engine answers from its request cache
+    whatever was computed before (by a killed run of this job, or by its earlier version), and a
+    shard's computed requests are cached as soon as its call returns. Each shard logs its
+    progress (k/N, cache hits against computed requests, an ETA). The rows of each output keep
+    the order of its units; one row per (item, sample) is checked.
     """
-    if parts is None:
-        return frame(process(units))
-    from cotransfer import io
-
-    parts.mkdir(parents=True, exist_ok=True)
-    frames, reused = [], 0
+    shard_size = shard_size or max(len(units), 1)
     n_shards = (len(units) + shard_size - 1) // shard_size
+    rows: dict[tuple, list[dict]] = {u.output: [] for u in units}
+    counts: dict[tuple, dict[str, int]] = {o: {"requests": 0, "cached": 0, "computed": 0} for o in rows}
+    t0 = time.perf_counter()
     for k in range(n_shards):
         chunk = units[k * shard_size:(k + 1) * shard_size]
-        digest = hashlib.sha256(json.dumps([u.fingerprint() for u in chunk], sort_keys=True,
-                                           default=str).encode()).hexdigest()[:16]
-        path = parts / f"{k:05d}-{digest}.parquet"
-        done = path.exists()
-        if done:
-            df = pl.read_parquet(path)
-            reused += 1
-        else:
-            df = frame(process(chunk))
-            io.write_parquet(df, path, {**(prov or {}), "shard": {"index": k, "of": n_shards, "hash": digest}})
-        frames.append(df)
-        log.info("%s: shard %d/%d %s (%d rows)", what, k + 1, n_shards, "reused" if done else "done", df.height)
-    if reused:
-        log.info("%s: reused %d of %d finished shards", what, reused, n_shards)
-    out = pl.concat(frames) if frames else frame([])
-    keys = out.select("item_id", "sample")
-    if keys.is_duplicated().any() or out.height != len(units):
-        raise RuntimeError(f"{what}: merged shards hold {out.height} rows for {len(units)} units")
-    return out
+        before = {o: dict(c) for o, c in counts.items()}
+        for u, row in zip(chunk, _process(job, chunk, counts, what)):
+            rows[u.output].append(row)
+        done = time.perf_counter() - t0
+        cached = sum(counts[o]["cached"] - before[o]["cached"] for o in counts)
+        computed = sum(counts[o]["computed"] - before[o]["computed"] for o in counts)
+        eta = done / (k + 1) * (n_shards - k - 1)
+        log.info("%s: shard %d/%d done (%d rows; requests %d cached, %d computed); %.1f s elapsed, ETA %.0f s",
+                 what, k + 1, n_shards, len(chunk), cached, computed, done, eta)
+    frames = {}
+    for out, rs in rows.items():
+        df = frame(rs)
+        if df.select("item_id", "sample").is_duplicated().any():
+            raise RuntimeError(f"{what}: duplicate (item, sample) rows in output {out}")
+        frames[out] = df
+    total = {k: sum(c[k] for c in counts.values()) for k in ("requests", "cached", "computed")}
+    log.info("%s: %d rows in %d outputs; requests %d cached, %d computed", what, len(units), len(frames),
+             total["cached"], total["computed"])
+    return RunResult(frames, counts)
 
 
-def free_run(job: Job, items: list[dict], condition: str, sampling: Sampling, n_samples: int, *,
-             parts: Path | None = None, shard_size: int = 256, prov: dict | None = None) -> pl.DataFrame:
+def _served(counts: dict, units: list[Unit], outs: list[Completion]) -> None:
+    for u, c in zip(units, outs):
+        n = counts[u.output]
+        n["requests"] += 1
+        n["cached" if c.cached else "computed"] += 1
+
+
+def _process(job: Job, chunk: list[Unit], counts: dict, what: str) -> list[dict]:
+    """One shard: one call for every unit's first request; for free runs whose thinking did not
+    finish on its own, one more call for the answer phase (method.md section 3)."""
+    dec, fmt = job.decoding, job.fmt
+    phase = "thinking phase" if all(u.free for u in chunk) else (
+        "answer phase" if not any(u.free for u in chunk) else "thinking/answer phase")
+    phase1 = job.engine.generate([u.request for u in chunk], what=f"{what} {phase}")
+    _served(counts, chunk, phase1)
+    # Free rows whose thinking is closed and whose answer ended on its own are finished; the rest
+    # get the answer phase: closed by us if the model did not, continued if cut after closing
+    # (with discard_after_close, every row's answer phase starts anew after its thinking).
+    splits = {i: fmt.split(c.text + (fmt.closer if c.stop_reason == fmt.closer else ""))
+              for i, (u, c) in enumerate(zip(chunk, phase1)) if u.free}
+    need = [i for i, sp in splits.items()
+            if not phase1[i].finish_reason.startswith("error:")
+            and (dec.discard_after_close or not sp.closed or phase1[i].finish_reason == "length")]
+    p2 = [answer_phase_request(job, chunk[i].request, phase1[i], splits[i]) for i in need]
+    outs2 = job.engine.generate(p2, what=f"{what} answer phase") if p2 else []
+    _served(counts, [chunk[i] for i in need], outs2)
+    phase2 = dict(zip(need, outs2))
+    rows = []
+    for i, (u, c) in enumerate(zip(chunk, phase1)):
+        if not u.free:
+            row = job.row(u.item_id, u.condition, u.variant, u.cot_source, u.sample, u.request.prompt, u.cot, c,
+                          closed=True, thinking_tokens=job.engine.count_tokens(u.cot),
+                          budget_exhausted=False, seed=u.request.seed)
+            if u.missing_cot:
+                row["flag"] = "no_source_cot"
+            rows.append(row)
+            continue
+        sp = splits[i]
+        answer = c
+        if i in phase2:
+            extra = phase2[i]
+            continued = sp.closed and not dec.discard_after_close
+            answer = Completion((sp.answer + extra.text) if continued else extra.text,
+                                extra.n_tokens, extra.finish_reason)
+        elif sp.closed:
+            answer = Completion(sp.answer, 0, c.finish_reason)
+        rows.append(job.row(
+            u.item_id, u.condition, "full", None, u.sample, u.request.prompt, sp.thinking, answer,
+            closed=sp.closed,
+            thinking_tokens=c.n_tokens if not sp.closed else job.engine.count_tokens(sp.thinking),
+            budget_exhausted=(c.finish_reason == "length" and not sp.closed), seed=u.request.seed,
+        ))
+    return rows
+
+
+def free_units(job: Job, items: list[dict], condition: str, sampling: Sampling, n_samples: int) -> list[Unit]:
     """Default (greedy) or sampled run: the evaluator writes its own CoT, then answers."""
-    dec = job.decoding
-    fmt = job.fmt
+    dec, fmt = job.decoding, job.fmt
     stops = fmt.stops + ((fmt.closer,) if dec.discard_after_close else ())
     units = []
     for item in items:
@@ -166,38 +242,15 @@ def free_run(job: Job, items: list[dict], condition: str, sampling: Sampling, n_
         budget = dec.thinking_max_tokens(job.engine.count_tokens(prompt))
         for s in range(n_samples):
             seed = None if sampling.greedy else job.seed(condition, item["item_id"], s)
-            units.append(Unit(item["item_id"], s, Request(prompt, budget, sampling, seed, stops)))
+            units.append(Unit(item["item_id"], s, Request(prompt, budget, sampling, seed, stops), condition,
+                              "full", free=True))
+    return units
 
-    def process(chunk: list[Unit]) -> list[dict]:
-        phase1 = job.engine.generate([u.request for u in chunk], what=f"{condition} thinking phase")
-        # Rows whose thinking is closed and whose answer ended on its own are finished; the rest
-        # get the answer phase: closed by us if the model did not, continued if cut after closing
-        # (with discard_after_close, every row's answer phase starts anew after its thinking).
-        splits = [fmt.split(c.text + (fmt.closer if c.stop_reason == fmt.closer else "")) for c in phase1]
-        need = [i for i, (c, sp) in enumerate(zip(phase1, splits))
-                if not c.finish_reason.startswith("error:")
-                and (dec.discard_after_close or not sp.closed or c.finish_reason == "length")]
-        p2 = [answer_phase_request(job, chunk[i].request, phase1[i], splits[i]) for i in need]
-        phase2 = dict(zip(need, job.engine.generate(p2, what=f"{condition} answer phase")))
-        rows = []
-        for i, (u, c, sp) in enumerate(zip(chunk, phase1, splits)):
-            answer = c
-            if i in phase2:
-                extra = phase2[i]
-                continued = sp.closed and not dec.discard_after_close
-                answer = Completion((sp.answer + extra.text) if continued else extra.text,
-                                    extra.n_tokens, extra.finish_reason)
-            elif sp.closed:
-                answer = Completion(sp.answer, 0, c.finish_reason)
-            rows.append(job.row(
-                u.item_id, condition, "full", None, u.sample, u.request.prompt, sp.thinking, answer,
-                closed=sp.closed,
-                thinking_tokens=c.n_tokens if not sp.closed else job.engine.count_tokens(sp.thinking),
-                budget_exhausted=(c.finish_reason == "length" and not sp.closed), seed=u.request.seed,
-            ))
-        return rows
 
-    return sharded(units, process, parts=parts, shard_size=shard_size, prov=prov, what=condition)
+def free_run(job: Job, items: list[dict], condition: str, sampling: Sampling, n_samples: int, *,
+             shard_size: int | None = None) -> pl.DataFrame:
+    return run(job, free_units(job, items, condition, sampling, n_samples), shard_size=shard_size,
+               what=condition)[(condition, "full", None)]
 
 
 def answer_phase_request(job: Job, first: Request, c: Completion, sp: Split) -> Request:
@@ -223,10 +276,9 @@ def answer_phase_request(job: Job, first: Request, c: Completion, sp: Split) -> 
     return Request(text, dec.answer_max_tokens, first.sampling, first.seed, fmt.stops, ids)
 
 
-def prefilled_run(job: Job, items: list[dict], cots: pl.DataFrame | None, *, condition: str,
-                  variant: str | None, cot_source: str | None, sampling: Sampling = GREEDY,
-                  parts: Path | None = None, shard_size: int = 256, prov: dict | None = None) -> pl.DataFrame:
-    """One answer-phase call per (item, sample) on the prompt with a given CoT, closed.
+def prefill_units(job: Job, items: list[dict], cots: pl.DataFrame | None, *, condition: str,
+                  variant: str | None, cot_source: str | None, sampling: Sampling = GREEDY) -> list[Unit]:
+    """One answer-phase request per (item, sample) on the prompt with a given CoT, closed.
 
     `cots` has columns item_id, sample, cot (COT_SCHEMA); None means the empty condition. Items
     with no CoT in `cots` (the source failed on them) get an empty CoT and the flag `no_source_cot`.
@@ -245,23 +297,17 @@ def prefilled_run(job: Job, items: list[dict], cots: pl.DataFrame | None, *, con
             seed = None if sampling.greedy else job.seed(condition, item["item_id"], s)
             req = Request(job.fmt.prefill(base, cot) + dec.answer_lead_in, dec.answer_max_tokens, sampling,
                           seed, job.fmt.stops)
-            units.append(Unit(item["item_id"], s, req, cot, missing))
+            units.append(Unit(item["item_id"], s, req, condition, variant, cot_source, cot, missing_cot=missing))
+    return units
 
-    def process(chunk: list[Unit]) -> list[dict]:
-        outs = job.engine.generate([u.request for u in chunk],
-                                   what=f"{condition}/{variant}/{cot_source} answer phase")
-        rows = []
-        for u, c in zip(chunk, outs):
-            row = job.row(u.item_id, condition, variant, cot_source, u.sample, u.request.prompt, u.cot, c,
-                          closed=True, thinking_tokens=job.engine.count_tokens(u.cot),
-                          budget_exhausted=False, seed=u.request.seed)
-            if u.missing_cot:
-                row["flag"] = "no_source_cot"
-            rows.append(row)
-        return rows
 
-    return sharded(units, process, parts=parts, shard_size=shard_size, prov=prov,
-                   what=f"{condition}/{variant}/{cot_source}")
+def prefilled_run(job: Job, items: list[dict], cots: pl.DataFrame | None, *, condition: str,
+                  variant: str | None, cot_source: str | None, sampling: Sampling = GREEDY,
+                  shard_size: int | None = None) -> pl.DataFrame:
+    units = prefill_units(job, items, cots, condition=condition, variant=variant, cot_source=cot_source,
+                          sampling=sampling)
+    return run(job, units, shard_size=shard_size, what=f"{condition}/{variant}/{cot_source}")[
+        (condition, variant, cot_source)]
 
 
 def cots_from_generations(gen: pl.DataFrame, cot_source: str) -> pl.DataFrame:

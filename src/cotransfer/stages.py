@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
+import os
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -22,6 +22,9 @@ log = logging.getLogger("cotransfer")
 
 def setup_logging(logfile: str | None = None) -> None:
     """Log to the job's log file (Snakemake `log:`) and to stderr, with timestamps."""
+    # vLLM's own logging setup would close these handlers (and silence the job log); left
+    # alone, its records propagate to them like ours.
+    os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "0")
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if logfile:
         Path(logfile).parent.mkdir(parents=True, exist_ok=True)
@@ -89,34 +92,53 @@ def prepare_model(study: Study, model: str, dest: str, manifest: str) -> dict:
     return info
 
 
-def load_engine(study: Study, model: str, manifest: str):
+def cache_dir(study: Study) -> str | None:
+    """Where the request cache lives (`engine.cache_dir`, default `{resources}/cache`); None
+    when `engine.cache` is off."""
+    if not study.engine.get("cache", True):
+        return None
+    return study.engine.get("cache_dir") or f"{study.resources}/cache"
+
+
+def load_engine(study: Study, model: str, manifest: str, prov: dict | None = None):
+    """The engine of one model: its tokenizer now, its weights on the first cache miss."""
     from cotransfer.engine import Engine
 
     info = json.loads(Path(manifest).read_text())
     spec = study.model(model)
     e = study.engine
+    weights = ({"repo_id": info.get("repo_id"), "resolved_revision": info.get("resolved_revision")}
+               if info.get("resolved_revision") else {"weights_sha256": info.get("weights_sha256")})
+    job = {k: (prov or {}).get(k) for k in ("rule", "wildcards", "slurm_job_id", "git")}
     return Engine(
         info["path"], dtype=spec.dtype, tensor_parallel_size=spec.tensor_parallel_size,
         max_model_len=study.max_model_len(model), seed=study.decoding.seed,
         enforce_eager=e.get("enforce_eager", False),
         gpu_memory_utilization=e.get("gpu_memory_utilization", 0.9),
         cpu_kvcache_gib=e.get("cpu_kvcache_gib", 1),
+        cache_dir=cache_dir(study), weights=weights, name=model, prov={"job": job},
     ), info
-
-
-def parts_dir(out: str) -> Path:
-    """Where an inference output keeps its finished shards until the merge."""
-    return Path(f"{out}.parts")
-
-
-def finish(df: pl.DataFrame, out: str, prov: dict) -> None:
-    """Write the merged output atomically, then drop its shards."""
-    io.write_parquet(df, out, prov)
-    shutil.rmtree(parts_dir(out), ignore_errors=True)
 
 
 def _model_prov(info: dict, engine) -> dict:
     return {**info, "engine": engine.settings}
+
+
+def _inference_prov(engine, counts: dict | None = None) -> dict:
+    """How an output's requests were served (cache hits, computed) and the job's engine totals."""
+    return {"output": counts, "job": engine.stats.as_dict()}
+
+
+def _write_outputs(result, outputs: dict[tuple, str], prov: dict, engine, inputs: dict[tuple, list[str]] | None = None) -> None:
+    """One table per output of a pooled run, each with its own provenance: the cell it holds,
+    how its requests were served, and (if given) only the inputs it was built from."""
+    for key, path in outputs.items():
+        doc = {**prov, "output": dict(zip(("condition", "variant", "cot_source"), key))}
+        doc["extra"] = {**(prov.get("extra") or {}), "inference": _inference_prov(engine, result.counts[key])}
+        if inputs is not None:
+            keep = set(inputs[key])
+            doc["inputs"] = {n: v for n, v in (prov.get("inputs") or {}).items() if v["path"] in keep}
+        io.write_parquet(result.frames[key], path, doc)
 
 
 # --------------------------------------------------------------------------------------------
@@ -125,51 +147,63 @@ def _model_prov(info: dict, engine) -> dict:
 
 def generate(study: Study, dataset: str, model: str, items_path: str, manifest: str,
              out: dict[str, str], prov: dict) -> None:
-    """Free runs of one model on one dataset: empty, default (greedy) and sampled.
+    """Free runs of one model on one dataset: empty, default (greedy) and sampled, pooled in one
+    run (one batched call per phase and shard).
 
     `out` keys: empty, default, sampled (generation tables) and cot_default, cot_sampled (CoT tables).
     """
     from cotransfer.config import GREEDY
-    from cotransfer.inference import Job, cots_from_generations, free_run, items_list, prefilled_run
+    from cotransfer.inference import Job, cots_from_generations, free_units, items_list, prefill_units, run
 
     items = items_list(pl.read_parquet(items_path))
-    engine, info = load_engine(study, model, manifest)
+    engine, info = load_engine(study, model, manifest, prov)
     job = Job(study, dataset, model, engine)
     sampled = study.sampling_for(model, "sampled")
     prov["models"] = {model: _model_prov(info, engine)}
     prov["decoding"] = {"decoding": asdict(study.decoding_for(dataset)), "greedy": asdict(GREEDY),
                         "sampled": asdict(sampled)}
-    shards = {"shard_size": study.engine.get("shard_size", 256), "prov": prov}
-    tables = {
-        "empty": prefilled_run(job, items, None, condition="empty", variant=None, cot_source=None,
-                               parts=parts_dir(out["empty"]), **shards),
-        "default": free_run(job, items, "default", GREEDY, 1, parts=parts_dir(out["default"]), **shards),
-        "sampled": free_run(job, items, "sampled", sampled, study.decoding.n_samples,
-                            parts=parts_dir(out["sampled"]), **shards),
-    }
-    for cond, df in tables.items():
-        finish(df, out[cond], prov)
-    io.write_parquet(cots_from_generations(tables["default"], model), out["cot_default"], prov)
-    io.write_parquet(cots_from_generations(tables["sampled"], model), out["cot_sampled"], prov)
+    units = (prefill_units(job, items, None, condition="empty", variant=None, cot_source=None)
+             + free_units(job, items, "default", GREEDY, 1)
+             + free_units(job, items, "sampled", sampled, study.decoding.n_samples))
+    result = run(job, units, shard_size=study.engine.get("shard_size"), what=f"generate {dataset}/{model}")
+    keys = {"empty": ("empty", None, None), "default": ("default", "full", None), "sampled": ("sampled", "full", None)}
+    prov["models"] = {model: _model_prov(info, engine)}  # now with the load time, if it loaded
+    _write_outputs(result, {keys[c]: out[c] for c in keys}, prov, engine)
+    cot_prov = {**prov, "extra": {**(prov.get("extra") or {}), "inference": _inference_prov(engine)}}
+    io.write_parquet(cots_from_generations(result[keys["default"]], model), out["cot_default"], cot_prov)
+    io.write_parquet(cots_from_generations(result[keys["sampled"]], model), out["cot_sampled"], cot_prov)
 
 
-def prefill(study: Study, dataset: str, evaluator: str, condition: str, variant: str, source: str,
-            items_path: str, cots_path: str, manifest: str, out: str, prov: dict) -> None:
-    """A given CoT prefilled into `evaluator`: transfer, ensemble, or the stripped self-prefill
-    of the default and sampled conditions (`source` is then the evaluator itself)."""
-    from cotransfer.inference import Job, items_list, prefilled_run
+def prefill(study: Study, dataset: str, evaluator: str, stage: str, items_path: str, manifest: str,
+            declared: list[str], prov: dict) -> None:
+    """All of an evaluator's prefilled work of one stage (`plan.prefill_cells`) in one run: the
+    stripped self-prefill of default and sampled and every model's CoT (stage `transfer`), or
+    every ensemble's CoT (stage `ensemble`). One table per cell; `declared` (the rule's outputs)
+    must be exactly the cells' paths."""
+    from cotransfer import plan
+    from cotransfer.inference import Job, items_list, prefill_units, run
 
+    R = study.results
+    cells = plan.prefill_cells(study, stage)
+    paths = {c.output_key: c.output(R, dataset, evaluator) for c in cells}
+    if sorted(paths.values()) != sorted(map(str, declared)):
+        raise RuntimeError(f"prefill {stage}: the rule's outputs do not match plan.prefill_cells "
+                           f"({sorted(set(map(str, declared)) ^ set(paths.values()))[:4]} ...)")
     items = items_list(pl.read_parquet(items_path))
-    cots = pl.read_parquet(cots_path)
-    engine, info = load_engine(study, evaluator, manifest)
-    sampling = study.sampling_for(evaluator, condition)
+    engine, info = load_engine(study, evaluator, manifest, prov)
+    job = Job(study, dataset, evaluator, engine)
+    prov["decoding"] = {"decoding": asdict(study.decoding_for(dataset)),
+                        "answer_phase": {c: asdict(study.sampling_for(evaluator, c))
+                                         for c in dict.fromkeys(cell.condition for cell in cells)}}
+    units = []
+    for c in cells:
+        cots = pl.read_parquet(c.cots(R, dataset, evaluator))
+        units += prefill_units(job, items, cots, condition=c.condition, variant=c.variant,
+                               cot_source=c.cot_source, sampling=study.sampling_for(evaluator, c.condition))
+    result = run(job, units, shard_size=study.engine.get("shard_size"), what=f"{stage} {dataset}/{evaluator}")
     prov["models"] = {evaluator: _model_prov(info, engine)}
-    prov["decoding"] = {"decoding": asdict(study.decoding_for(dataset)), "answer_phase": asdict(sampling)}
-    cot_source = source if condition in ("transfer", "ensemble") else None
-    df = prefilled_run(Job(study, dataset, evaluator, engine), items, cots, condition=condition,
-                       variant=variant, cot_source=cot_source, sampling=sampling, parts=parts_dir(out),
-                       shard_size=study.engine.get("shard_size", 256), prov=prov)
-    finish(df, out, prov)
+    inputs = {c.output_key: [items_path, manifest, c.cots(R, dataset, evaluator)] for c in cells}
+    _write_outputs(result, paths, prov, engine, inputs)
 
 
 def ensemble(study: Study, dataset: str, name: str, items_path: str, manifests: dict[str, str],
@@ -180,11 +214,12 @@ def ensemble(study: Study, dataset: str, name: str, items_path: str, manifests: 
     spec = study.ensembles[name]
     items = items_list(pl.read_parquet(items_path))
     engines, infos = {}, {}
-    for m in spec.members:  # every member resident at once, each loaded exactly once
-        engines[m], infos[m] = load_engine(study, m, manifests[m])
-    prov["models"] = {m: _model_prov(infos[m], engines[m]) for m in spec.members}
+    for m in spec.members:  # every member resident at once, each loaded at most once
+        engines[m], infos[m] = load_engine(study, m, manifests[m], prov)
     prov["decoding"] = {"ensemble": spec.params(), "seed": study.decoding.seed}
     rows, steps = ens.run(study, dataset, spec, items, engines)
+    prov["models"] = {m: _model_prov(infos[m], engines[m]) for m in spec.members}
+    prov.setdefault("extra", {})["inference"] = {m: engines[m].stats.as_dict() for m in spec.members}
     io.write_parquet(steps, out_steps, prov)
     io.write_parquet(rows, out_cots, prov)
 
@@ -210,55 +245,71 @@ def split(cots_path: str, out: str, prov: dict) -> None:
     io.write_parquet(pl.DataFrame(rows, schema=schema), out, prov)
 
 
-def strip(study: Study, dataset: str, cots_path: str, sentences_path: str, generations_path: str | None,
-          items_path: str, out: str, prov: dict, manifest: str | None = None) -> None:
-    """Answer removal on the split stage's sentences: the stripped CoT is an ordered subset of them.
+def strip(study: Study, dataset: str, stage: str, items_path: str, declared: list[str], prov: dict,
+          manifest: str | None = None) -> None:
+    """Answer removal on the split stage's sentences for every CoT table of one strip job
+    (`plan.strip_tasks`): each stripped CoT is an ordered subset of the original sentences.
 
     method `rule` drops sentences that state the source's own parsed answer (CPU);
-    method `llm` asks the filter model which sentences state the answer (index mode).
+    method `llm` asks the filter model which sentences state the answer (index mode), in one
+    batched run over every table of the job, so the filter model loads at most once.
     """
+    from cotransfer import plan
     from cotransfer import strip as S
     from cotransfer.scoring import score_generations
     from cotransfer.sentences import Sentence
 
-    cots = pl.read_parquet(cots_path)
-    spans: dict[tuple[str, int], list[Sentence]] = {}
-    for r in pl.read_parquet(sentences_path).sort("item_id", "sample", "sentence_idx").iter_rows(named=True):
-        spans.setdefault((r["item_id"], r["sample"]), []).append(
-            Sentence(r["sentence_idx"], r["char_start"], r["char_end"], r["text"]))
-    answers: dict[tuple[str, int], str | None] = {}
-    if generations_path:  # the source's own parsed answer: what the rule method removes
-        scored = score_generations(study.datasets[dataset], pl.read_parquet(items_path),
-                                   pl.read_parquet(generations_path))
-        answers = {(i, s): a for i, s, a in scored.select("item_id", "sample", "answer").iter_rows()}
-    recs = list(cots.iter_rows(named=True))
-    keys = [(r["item_id"], r["sample"]) for r in recs]
-    cot_of = {k: r["cot"] or "" for k, r in zip(keys, recs)}
+    R = study.results
+    tasks = plan.strip_tasks(study, stage)
+    if sorted(t.output(R, dataset) for t in tasks) != sorted(map(str, declared)):
+        raise RuntimeError(f"strip {stage}: the rule's outputs do not match plan.strip_tasks")
+    items = pl.read_parquet(items_path)
+    prepared = []  # per task: (records, keys, spans, answers)
+    for t in tasks:
+        spans: dict[tuple[str, int], list[Sentence]] = {}
+        for r in pl.read_parquet(t.sentences(R, dataset)).sort("item_id", "sample", "sentence_idx").iter_rows(named=True):
+            spans.setdefault((r["item_id"], r["sample"]), []).append(
+                Sentence(r["sentence_idx"], r["char_start"], r["char_end"], r["text"]))
+        answers: dict[tuple[str, int], str | None] = {}
+        if t.generations(R, dataset):  # the source's own parsed answer: what the rule method removes
+            scored = score_generations(study.datasets[dataset], items, pl.read_parquet(t.generations(R, dataset)))
+            answers = {(i, s): a for i, s, a in scored.select("item_id", "sample", "answer").iter_rows()}
+        recs = list(pl.read_parquet(t.cots(R, dataset)).iter_rows(named=True))
+        prepared.append((recs, [(r["item_id"], r["sample"]) for r in recs], spans, answers))
+    engine = None
     if study.strip_method == "llm":
-        engine, info = load_engine(study, study.strip_model, manifest)
+        engine, info = load_engine(study, study.strip_model, manifest, prov)
+        flat = [spans.get(k, []) for _, keys, spans, _ in prepared for k in keys]
+        all_drops = iter(_filter_model_drops(study, engine, flat))
         prov["models"] = {study.strip_model: _model_prov(info, engine)}
-        drops = _filter_model_drops(study, engine, [spans.get(k, []) for k in keys])
-        results = [S.strip_with_drops(cot_of[k], drop, joiner=study.strip_joiner, answer=answers.get(k),
-                                      status=status, sentences=spans.get(k, []))
-                   for k, (drop, status) in zip(keys, drops)]
-    else:
-        results = [S.strip_rule(cot_of[k], answers.get(k), joiner=study.strip_joiner, sentences=spans.get(k, []))
-                   for k in keys]
-    rows = []
-    for r, res in zip(recs, results):
-        rows.append({**{c: r[c] for c in ("dataset", "item_id", "sample", "cot_source")}, "cot": res.text,
-                     "n_in": res.n_in, "n_out": res.n_out, "char_ratio": res.char_ratio,
-                     "status": res.status, "answer_still_present": res.answer_still_present})
     prov.setdefault("extra", {}).update(strip_method=study.strip_method, strip_version=S.STRIP_VERSION)
-    df = pl.DataFrame(rows, schema={"dataset": pl.String, "item_id": pl.String, "sample": pl.Int64,
-                                    "cot_source": pl.String, "cot": pl.String, "n_in": pl.Int64,
-                                    "n_out": pl.Int64, "char_ratio": pl.Float64, "status": pl.String,
-                                    "answer_still_present": pl.Boolean})
-    io.write_parquet(df, out, prov)
+    if engine is not None:
+        prov["extra"]["inference"] = _inference_prov(engine)
+    schema = {"dataset": pl.String, "item_id": pl.String, "sample": pl.Int64, "cot_source": pl.String,
+              "cot": pl.String, "n_in": pl.Int64, "n_out": pl.Int64, "char_ratio": pl.Float64,
+              "status": pl.String, "answer_still_present": pl.Boolean}
+    for t, (recs, keys, spans, answers) in zip(tasks, prepared):
+        rows = []
+        for r, k in zip(recs, keys):
+            cot = r["cot"] or ""
+            if engine is not None:
+                drop, status = next(all_drops)
+                res = S.strip_with_drops(cot, drop, joiner=study.strip_joiner, answer=answers.get(k),
+                                         status=status, sentences=spans.get(k, []))
+            else:
+                res = S.strip_rule(cot, answers.get(k), joiner=study.strip_joiner, sentences=spans.get(k, []))
+            rows.append({**{c: r[c] for c in ("dataset", "item_id", "sample", "cot_source")}, "cot": res.text,
+                         "n_in": res.n_in, "n_out": res.n_out, "char_ratio": res.char_ratio,
+                         "status": res.status, "answer_still_present": res.answer_still_present})
+        keep = {items_path, manifest, t.cots(R, dataset), t.sentences(R, dataset), t.generations(R, dataset)}
+        doc = {**prov, "output": {"source": t.source, "kind": t.kind},
+               "inputs": {n: v for n, v in (prov.get("inputs") or {}).items() if v["path"] in keep}}
+        io.write_parquet(pl.DataFrame(rows, schema=schema), t.output(R, dataset), doc)
 
 
 def _filter_model_drops(study: Study, engine, sentence_lists: list) -> list[tuple[set[int], str]]:
-    """One batched call of the filter model (thinking closed empty); its new text only is parsed."""
+    """The filter model (thinking closed empty) over every CoT, in shards of `engine.shard_size`
+    (one batched call each, progress logged); only its new text is parsed."""
     from cotransfer import strip as S
     from cotransfer.config import GREEDY
     from cotransfer.engine import Request
@@ -270,7 +321,11 @@ def _filter_model_drops(study: Study, engine, sentence_lists: list) -> list[tupl
         rendered = engine.tokenizer.apply_chat_template(S.filter_prompt(ss), tokenize=False,
                                                         add_generation_prompt=True)
         reqs.append(Request(fmt.empty(fmt.open(rendered)), 256, GREEDY, stop=fmt.stops))
-    outs = engine.generate(reqs, what="answer-removal filter")
+    size = study.engine.get("shard_size") or max(len(reqs), 1)
+    outs = []
+    for k in range(0, len(reqs), size):
+        outs += engine.generate(reqs[k:k + size], what=f"answer-removal filter, shard {k // size + 1}/"
+                                                        f"{(len(reqs) + size - 1) // size}")
     return [S.parse_filter_output(fmt.answer_text(o.text), len(ss)) if ss else (set(), "empty_input")
             for ss, o in zip(sentence_lists, outs)]
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from snakemake.exceptions import WorkflowError
 
 import cotransfer
+from cotransfer import plan
 from cotransfer.config import ConfigError, Study, validate as validate_config
 from cotransfer.datasets import get_adapter
 from cotransfer.formats import get_format
@@ -54,6 +55,7 @@ if STUDY.strip_method == "rule":
 
     localrules:
         strip,
+        strip_ensembles,
 
 
 # ---------------------------------------------------------------------------------------------
@@ -65,20 +67,27 @@ def manifest(model):
 
 
 def items_path(dataset):
-    return f"{R}/items/{dataset}.parquet"
+    return plan.items_path(R, dataset)
 
 
 def generation_paths(dataset):
     """Every generation table of one dataset (what the score rule reads)."""
     out = []
     for m in MODELS:
-        out.append(f"{R}/generations/{dataset}/{m}/empty.parquet")
-        for cond in ("default", "sampled"):
-            out += [f"{R}/generations/{dataset}/{m}/{cond}/{v}.parquet" for v in VARIANTS]
-        for v in VARIANTS:
-            out += [f"{R}/generations/{dataset}/{m}/transfer/{v}/{s}.parquet" for s in MODELS]
-            out += [f"{R}/generations/{dataset}/{m}/ensemble/{v}/{e}.parquet" for e in ENSEMBLES]
+        out.append(plan.generation_path(R, dataset, m, "empty"))
+        out += [plan.generation_path(R, dataset, m, c, "full") for c in ("default", "sampled")]
+        for stage in ("transfer", "ensemble"):
+            out += [c.output(R, dataset, m) for c in plan.prefill_cells(STUDY, stage)]
     return out
+
+
+def prefill_outputs(stage):
+    """The outputs of an evaluator's prefill job, with {dataset} and {model} left as wildcards."""
+    return [c.output(R, "{dataset}", "{model}") for c in plan.prefill_cells(STUDY, stage)]
+
+
+def strip_outputs(stage):
+    return [t.output(R, "{dataset}") for t in plan.strip_tasks(STUDY, stage)]
 
 
 TABLES = {name: f"{R}/tables/{name}.parquet" for name in ("answers", "consistency", "consistency_summary", "accuracy")}
@@ -108,28 +117,40 @@ def get_model_files(wildcards):
     return sorted(str(f) for f in Path(spec.path).rglob("*") if f.is_file())
 
 
-def get_prefill_cots(wildcards):
-    """The CoT a prefill job gives its evaluator: its own stripped CoT, a model's, or an ensemble's."""
-    if wildcards.condition in ("default", "sampled"):
-        return f"{R}/cots/{wildcards.dataset}/stripped/{wildcards.model}/{wildcards.condition}.parquet"
-    is_ensemble = wildcards.source in STUDY.ensembles
-    if is_ensemble != (wildcards.condition == "ensemble"):
-        raise WorkflowError(f"{wildcards.source!r} is not a CoT source of condition {wildcards.condition!r}")
-    kind = "ensemble" if is_ensemble else "default"
-    return f"{R}/cots/{wildcards.dataset}/{wildcards.variant}/{wildcards.source}/{kind}.parquet"
+def get_prefill_cots(wildcards, stage):
+    """Every CoT table an evaluator's prefill job reads (its own stripped ones, every source's)."""
+    cells = plan.prefill_cells(STUDY, stage)
+    return list(dict.fromkeys(c.cots(R, wildcards.dataset, wildcards.model) for c in cells))
 
 
-def get_strip_input(wildcards):
+def get_transfer_cots(wildcards):
+    return get_prefill_cots(wildcards, "transfer")
+
+
+def get_ensemble_transfer_cots(wildcards):
+    return get_prefill_cots(wildcards, "ensemble")
+
+
+def get_strip_input(wildcards, stage):
+    tasks = plan.strip_tasks(STUDY, stage)
     d = {
         "itemsfile": items_path(wildcards.dataset),
-        "cots": f"{R}/cots/{wildcards.dataset}/full/{wildcards.source}/{wildcards.kind}.parquet",
-        "sentences": f"{R}/sentences/{wildcards.dataset}/{wildcards.source}/{wildcards.kind}.parquet",
+        "cots": [t.cots(R, wildcards.dataset) for t in tasks],
+        "sentences": [t.sentences(R, wildcards.dataset) for t in tasks],
+        # a model's own answer tells the rule method what to drop
+        "generations": [g for t in tasks if (g := t.generations(R, wildcards.dataset))],
     }
-    if wildcards.source in STUDY.models:  # the source's own answer tells the rule what to drop
-        d["generations"] = f"{R}/generations/{wildcards.dataset}/{wildcards.source}/{wildcards.kind}/full.parquet"
     if STUDY.strip_method == "llm":
         d["model"] = manifest(STUDY.strip_model)
     return d
+
+
+def get_strip_models_input(wildcards):
+    return get_strip_input(wildcards, "models")
+
+
+def get_strip_ensembles_input(wildcards):
+    return get_strip_input(wildcards, "ensembles")
 
 
 def get_ensemble_manifests(wildcards):

@@ -1,17 +1,39 @@
-# strip: answer removal; the stripped CoT is an ordered subset of the original sentences.
+# strip: answer removal; each stripped CoT is an ordered subset of the original sentences.
+# One job per dataset for the models' CoTs and one for the ensembles' (cotransfer.plan), so the
+# filter model of `strip.method: llm` loads at most once per job.
 
 
 rule strip:
     input:
-        unpack(get_strip_input),
+        unpack(get_strip_models_input),
     output:
-        f"{R}/cots/{{dataset}}/stripped/{{source}}/{{kind}}.parquet",
+        strip_outputs("models"),
     log:
-        "logs/strip/{dataset}/{source}/{kind}.log",
+        "logs/strip/{dataset}/models.log",
     params:
         strip=strip_params,
+        stage="models",
     resources:
         gpu=gpus_strip,
         mem_mb=mem_mb_cpu,
     script:
         "../scripts/strip.py"
+
+
+if ENSEMBLES:
+
+    rule strip_ensembles:
+        input:
+            unpack(get_strip_ensembles_input),
+        output:
+            strip_outputs("ensembles"),
+        log:
+            "logs/strip/{dataset}/ensembles.log",
+        params:
+            strip=strip_params,
+            stage="ensembles",
+        resources:
+            gpu=gpus_strip,
+            mem_mb=mem_mb_cpu,
+        script:
+            "../scripts/strip.py"

@@ -1,23 +1,24 @@
 # transfer: an evaluator answers with a given CoT prefilled in its own thinking section, closed.
-# One script serves the transfer and ensemble conditions and the stripped self-prefill of the
-# default and sampled conditions.
+# One job per (dataset, evaluator) and stage, one model load (only if the request cache lacks
+# something), one batched run; one output per (condition, variant, source) (cotransfer.plan).
+#   transfer:          every model's CoT (full, stripped) and its own stripped default/sampled CoTs
+#   transfer_ensemble: every ensemble's CoT (full, stripped)
 
 
 rule transfer:
     input:
         itemsfile=f"{R}/items/{{dataset}}.parquet",
         model=f"{RES}/models/{{model}}.json",
-        cots=get_prefill_cots,
+        cots=get_transfer_cots,
     output:
-        f"{R}/generations/{{dataset}}/{{model}}/{{condition}}/{{variant}}/{{source}}.parquet",
-    wildcard_constraints:
-        condition="transfer|ensemble",
+        prefill_outputs("transfer"),
     log:
-        "logs/transfer/{dataset}/{model}/{condition}/{variant}/{source}.log",
+        "logs/transfer/{dataset}/{model}.log",
     benchmark:
-        f"{R}/benchmarks/transfer/{{dataset}}/{{model}}/{{condition}}/{{variant}}/{{source}}.tsv"
+        f"{R}/benchmarks/transfer/{{dataset}}/{{model}}.tsv"
     params:
         run=run_params,
+        stage="transfer",
     resources:
         gpu=gpus_model,
         mem_mb=mem_mb_gpu,
@@ -26,24 +27,25 @@ rule transfer:
         "../scripts/prefill.py"
 
 
-rule selfprefill:
-    input:
-        itemsfile=f"{R}/items/{{dataset}}.parquet",
-        model=f"{RES}/models/{{model}}.json",
-        cots=get_prefill_cots,
-    output:
-        f"{R}/generations/{{dataset}}/{{model}}/{{condition}}/stripped.parquet",
-    wildcard_constraints:
-        condition="default|sampled",
-    log:
-        "logs/selfprefill/{dataset}/{model}/{condition}.log",
-    benchmark:
-        f"{R}/benchmarks/selfprefill/{{dataset}}/{{model}}/{{condition}}.tsv"
-    params:
-        run=run_params,
-    resources:
-        gpu=gpus_model,
-        mem_mb=mem_mb_gpu,
-        runtime=runtime_gpu,
-    script:
-        "../scripts/prefill.py"
+if ENSEMBLES:
+
+    rule transfer_ensemble:
+        input:
+            itemsfile=f"{R}/items/{{dataset}}.parquet",
+            model=f"{RES}/models/{{model}}.json",
+            cots=get_ensemble_transfer_cots,
+        output:
+            prefill_outputs("ensemble"),
+        log:
+            "logs/transfer_ensemble/{dataset}/{model}.log",
+        benchmark:
+            f"{R}/benchmarks/transfer_ensemble/{{dataset}}/{{model}}.tsv"
+        params:
+            run=run_params,
+            stage="ensemble",
+        resources:
+            gpu=gpus_model,
+            mem_mb=mem_mb_gpu,
+            runtime=runtime_gpu,
+        script:
+            "../scripts/prefill.py"

@@ -3,8 +3,6 @@ from cotransfer.config import Study
 
 if __name__ == "__main__":  # vLLM may spawn workers that re-import this file
     stages.setup_logging(snakemake.log[0])
-    wc = snakemake.wildcards
-    stages.prefill(Study.from_dict(snakemake.config), wc.dataset, wc.model, wc.condition,
-                   wc.get("variant", "stripped"), wc.get("source", wc.model), snakemake.input.itemsfile,
-                   snakemake.input.cots, snakemake.input.model, snakemake.output[0],
-                   io.provenance_from_snakemake(snakemake))
+    stages.prefill(Study.from_dict(snakemake.config), snakemake.wildcards.dataset, snakemake.wildcards.model,
+                   snakemake.params.stage, snakemake.input.itemsfile, snakemake.input.model,
+                   list(snakemake.output), io.provenance_from_snakemake(snakemake))

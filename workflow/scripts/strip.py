@@ -3,7 +3,6 @@ from cotransfer.config import Study
 
 if __name__ == "__main__":  # the llm method starts vLLM
     stages.setup_logging(snakemake.log[0])
-    inp = snakemake.input
-    stages.strip(Study.from_dict(snakemake.config), snakemake.wildcards.dataset, inp.cots, inp.sentences,
-                 inp.get("generations"), inp.itemsfile, snakemake.output[0],
-                 io.provenance_from_snakemake(snakemake), manifest=inp.get("model"))
+    stages.strip(Study.from_dict(snakemake.config), snakemake.wildcards.dataset, snakemake.params.stage,
+                 snakemake.input.itemsfile, list(snakemake.output), io.provenance_from_snakemake(snakemake),
+                 manifest=snakemake.input.get("model"))
