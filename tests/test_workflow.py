@@ -49,8 +49,9 @@ def test_paper_study_plan_offline(tmp_path):
     assert counts["transfer"] == counts["transfer_ensemble"] == 2 * 5  # datasets x evaluators
     assert "selfprefill" not in counts  # the stripped self-prefill is part of `transfer`
     assert counts["ensemble"] == 2 * 3
-    assert counts["split"] == 2 * (5 * 2 + 3)
-    assert counts["strip"] == counts["strip_ensembles"] == 2  # the filter model loads once per job
+    # splitting and answer removal: one job per dataset for the models' CoTs, one for the
+    # ensembles' (the filter model loads once per job)
+    assert counts["split"] == counts["split_ensembles"] == counts["strip"] == counts["strip_ensembles"] == 2
     assert counts["prepare_model"] == 6 and counts["fetch_dataset"] == 2 and counts["items"] == 2
     assert counts["score"] == 2 and counts["aggregate"] == 1 and counts["figures"] == 1
 
@@ -67,7 +68,7 @@ def test_slurm_profile_puts_gpus_on_inference_rules_only(tmp_path):
         assert resources[rule] - {"none", "0"}, f"{rule} asks for no GPU"
     assert resources["transfer"] == resources["transfer_ensemble"] == {"1", "2"}  # QwQ and DAPO: tp 2
     assert resources["ensemble"] == {"4", "5"}  # sum over the ensemble's models
-    for rule in ("split", "score", "aggregate", "figures", "items", "prepare_model"):
+    for rule in ("split", "split_ensembles", "score", "aggregate", "figures", "items", "prepare_model"):
         assert resources[rule] <= {"none", "0"}, f"{rule} asks for a GPU"
 
 
@@ -100,6 +101,9 @@ def reduced_demo() -> dict:
     cfg["ensembles"] = {"ens": {"generators": ["toy_qwq", "toy_dapo"], "evaluators": ["toy_dapo"],
                                 "candidates": 2, "chunk_tokens": 6, "max_steps": 2, "thinking_cap": 24}}
     cfg["decoding"].update(thinking_budget=16, answer_max_tokens=8)
+    # answer removal by a filter model (a random toy one), so its one load per job is exercised
+    cfg["aux_models"] = {"filter": {"family": "plain", "post_training": "instruct", "toy": {"seed": 3}}}
+    cfg["strip"] = {"method": "llm", "model": "filter"}
     return cfg
 
 
@@ -198,7 +202,7 @@ def test_demo_rerun_plans_nothing_and_new_model_computes_only_new_requests(demo_
     (demo_run / "more.yaml").write_text(yaml.safe_dump(cfg))
     counts = job_counts(snakemake("-n", "--cores", "2", "--configfile", "more.yaml", cwd=demo_run).stdout)
     assert counts == {
-        "prepare_model": 1, "generate": 1, "split": 2, "strip": 1,
+        "prepare_model": 1, "generate": 1, "split": 1, "strip": 1,
         # each evaluator's transfer job now has outputs for the new model's CoTs; the new model
         # also reads the ensemble
         "transfer": 3, "transfer_ensemble": 1,
@@ -227,3 +231,8 @@ def test_demo_rerun_plans_nothing_and_new_model_computes_only_new_requests(demo_
         assert (gen / "ensemble/full/ens.parquet").stat().st_mtime_ns == untouched[ev]  # its job did not re-run
     new = read_provenance(demo_run / "results/generations/toyarith/toy_opent/default/full.parquet")
     assert new["extra"]["inference"]["job"]["cached"] == 0
+    # the filter model re-read the old models' CoTs from the cache and ran only on the new ones
+    strip = read_provenance(demo_run / "results/cots/toyarith/stripped/toy_qwq/default.parquet")["extra"]["inference"]
+    old_cots, new_cots = 2 * 2 * 3, 2 * 3  # (models x kinds x items) before; the new model's
+    assert strip["job"]["cached"] + strip["job"]["computed"] == old_cots + new_cots
+    assert strip["job"]["cached"] >= old_cots and 0 < strip["job"]["computed"] <= new_cots

@@ -25,6 +25,13 @@ from cotransfer.config import Sampling
 
 log = logging.getLogger(__name__)
 
+_IN_PROCESS: list[str] = []  # models loaded with vLLM's engine core inside this process
+
+
+def loaded_in_process() -> bool:
+    """Whether this process holds a vLLM engine core of its own (CPU), not a child process."""
+    return bool(_IN_PROCESS)
+
 
 @dataclass(frozen=True, slots=True)
 class Request:
@@ -128,9 +135,7 @@ class Engine:
                          "tensor_parallel_size": tensor_parallel_size,
                          "max_model_len": max_model_len, "enforce_eager": enforce_eager or self.on_cpu,
                          "backend": backend, "backend_version": _version(backend)}
-        from transformers import AutoTokenizer  # the tokenizer vLLM itself loads for this model
-
-        self.tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=False)
+        self.tokenizer = load_tokenizer(model_path)
         self.stats = Throughput()
         self._llm = None
         self.cache = None
@@ -147,11 +152,11 @@ class Engine:
     def llm(self):
         """The vLLM engine, loaded on first use."""
         if self._llm is None:
-            from vllm import LLM  # heavy: imported only where a model is loaded
-
             s = self.settings
             t0 = time.perf_counter()
             log.info("loading %s (%s, %s, tp=%d)", self.name, s["backend"], s["dtype"], s["tensor_parallel_size"])
+            from vllm import LLM  # heavy: imported only where a model is loaded
+
             self._llm = LLM(
                 model=s["model_path"], dtype=s["dtype"], tensor_parallel_size=s["tensor_parallel_size"],
                 max_model_len=s["max_model_len"], seed=self.seed, enforce_eager=s["enforce_eager"],
@@ -163,7 +168,9 @@ class Engine:
                 **({"max_num_batched_tokens": 65536} if self.on_cpu else {}),
             )
             self.stats.load_seconds = round(time.perf_counter() - t0, 2)
-            log.info("loaded %s in %.1f s", self.name, self.stats.load_seconds)
+            if os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING") == "0":
+                _IN_PROCESS.append(self.name)
+            log.info("loaded %s in %.1f s (vLLM import and engine start)", self.name, self.stats.load_seconds)
         return self._llm
 
     def _ready(self, n_missing: int, n_distinct: int, what: str):
@@ -298,6 +305,13 @@ class Engine:
         log.info("score: %s", self.stats.add(len(pairs), n_cached, sum(len(c) for _, c in pairs),
                                              time.perf_counter() - t0))
         return [scores[k] for k in keys]
+
+
+def load_tokenizer(model_path):
+    """The tokenizer of a model directory, as transformers (and so vLLM) loads it."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(model_path), trust_remote_code=False)
 
 
 def _clean(text: str, eos: str | None) -> str:

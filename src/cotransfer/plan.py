@@ -82,20 +82,20 @@ def prefill_cells(study: Study, stage: str) -> list[Cell]:
 
 
 @dataclass(frozen=True, slots=True)
-class StripTask:
-    """One CoT table to strip: `source`'s CoTs of `kind`."""
+class CotTable:
+    """One table of CoTs: `source`'s CoTs of `kind`, with its sentences and its stripped version."""
 
     source: str
     kind: str  # default | sampled | ensemble
 
-    def cots(self, results: str, dataset: str) -> str:
-        return cot_path(results, dataset, "full", self.source, self.kind)
+    def cots(self, results: str, dataset: str, variant: str = "full") -> str:
+        return cot_path(results, dataset, variant, self.source, self.kind)
 
     def sentences(self, results: str, dataset: str) -> str:
         return sentences_path(results, dataset, self.source, self.kind)
 
-    def output(self, results: str, dataset: str) -> str:
-        return cot_path(results, dataset, "stripped", self.source, self.kind)
+    def stripped(self, results: str, dataset: str) -> str:
+        return self.cots(results, dataset, "stripped")
 
     def generations(self, results: str, dataset: str) -> str | None:
         """The source's own free run, whose parsed answer the rule method removes."""
@@ -104,11 +104,15 @@ class StripTask:
         return generation_path(results, dataset, self.source, self.kind, "full")
 
 
-def strip_tasks(study: Study, stage: str) -> list[StripTask]:
-    """What one strip job covers: every model's default and sampled CoTs (`models`), or every
-    ensemble's CoT (`ensembles`); the filter model, if any, loads once for all of them."""
-    if stage == "models":
-        return [StripTask(m, k) for m in study.models for k in ("default", "sampled")]
-    if stage == "ensembles":
-        return [StripTask(e, "ensemble") for e in study.ensembles]
-    raise ValueError(f"unknown strip stage {stage!r}; known: models, ensembles")
+COT_GROUPS = ("models", "ensembles")
+
+
+def cot_tables(study: Study, group: str) -> list[CotTable]:
+    """The CoT tables one split or strip job covers: every model's default and sampled CoTs
+    (`models`), or every ensemble's CoT (`ensembles`, ready only after the ensemble jobs). One
+    job per group keeps the filter model of `strip.method: llm` to one load."""
+    if group == "models":
+        return [CotTable(m, k) for m in study.models for k in ("default", "sampled")]
+    if group == "ensembles":
+        return [CotTable(e, "ensemble") for e in study.ensembles]
+    raise ValueError(f"unknown CoT group {group!r}; known: {COT_GROUPS}")

@@ -33,6 +33,20 @@ def setup_logging(logfile: str | None = None) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
+def end_job() -> None:
+    """End an inference job's process as soon as its outputs are written, where vLLM ran
+    in-process (CPU): its teardown (process groups, static destructors) then takes ~2.5 s per
+    job and changes nothing on disk. Elsewhere (GPU: the engine core is a child process) a
+    normal exit lets vLLM stop its processes."""
+    from cotransfer.engine import loaded_in_process
+
+    if loaded_in_process():
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
+
+
 # --------------------------------------------------------------------------------------------
 # data and models
 
@@ -186,9 +200,7 @@ def prefill(study: Study, dataset: str, evaluator: str, stage: str, items_path: 
     R = study.results
     cells = plan.prefill_cells(study, stage)
     paths = {c.output_key: c.output(R, dataset, evaluator) for c in cells}
-    if sorted(paths.values()) != sorted(map(str, declared)):
-        raise RuntimeError(f"prefill {stage}: the rule's outputs do not match plan.prefill_cells "
-                           f"({sorted(set(map(str, declared)) ^ set(paths.values()))[:4]} ...)")
+    _check_declared(f"prefill {stage}", list(paths.values()), declared)
     items = items_list(pl.read_parquet(items_path))
     engine, info = load_engine(study, evaluator, manifest, prov)
     job = Job(study, dataset, evaluator, engine)
@@ -228,27 +240,42 @@ def ensemble(study: Study, dataset: str, name: str, items_path: str, manifests: 
 # CPU stages
 
 
-def split(cots_path: str, out: str, prov: dict) -> None:
+def split(study: Study, dataset: str, group: str, declared: list[str], prov: dict) -> None:
+    """Every CoT table of one group (`plan.cot_tables`) into sentences with character offsets."""
+    from cotransfer import plan
     from cotransfer.sentences import SPLITTER_VERSION
     from cotransfer.sentences import split as split_text
 
-    cots = pl.read_parquet(cots_path)
-    rows = []
-    for r in cots.iter_rows(named=True):
-        for s in split_text(r["cot"] or ""):
-            rows.append({"dataset": r["dataset"], "item_id": r["item_id"], "sample": r["sample"],
-                         "cot_source": r["cot_source"], "sentence_idx": s.index,
-                         "char_start": s.start, "char_end": s.end, "text": s.text})
+    R = study.results
+    tables = plan.cot_tables(study, group)
+    _check_declared(f"split {group}", [t.sentences(R, dataset) for t in tables], declared)
     schema = {"dataset": pl.String, "item_id": pl.String, "sample": pl.Int64, "cot_source": pl.String,
               "sentence_idx": pl.Int64, "char_start": pl.Int64, "char_end": pl.Int64, "text": pl.String}
     prov.setdefault("extra", {})["splitter_version"] = SPLITTER_VERSION
-    io.write_parquet(pl.DataFrame(rows, schema=schema), out, prov)
+    for t in tables:
+        rows = []
+        for r in pl.read_parquet(t.cots(R, dataset)).iter_rows(named=True):
+            for s in split_text(r["cot"] or ""):
+                rows.append({"dataset": r["dataset"], "item_id": r["item_id"], "sample": r["sample"],
+                             "cot_source": r["cot_source"], "sentence_idx": s.index,
+                             "char_start": s.start, "char_end": s.end, "text": s.text})
+        doc = {**prov, "output": {"source": t.source, "kind": t.kind},
+               "inputs": {n: v for n, v in (prov.get("inputs") or {}).items() if v["path"] == t.cots(R, dataset)}}
+        io.write_parquet(pl.DataFrame(rows, schema=schema), t.sentences(R, dataset), doc)
 
 
-def strip(study: Study, dataset: str, stage: str, items_path: str, declared: list[str], prov: dict,
+def _check_declared(what: str, paths: list[str], declared: list[str]) -> None:
+    """The files a stage writes must be exactly the outputs its rule declares (both come from
+    `cotransfer.plan`; a mismatch is a bug, caught before any work)."""
+    if sorted(paths) != sorted(map(str, declared)):
+        diff = sorted(set(map(str, declared)) ^ set(paths))
+        raise RuntimeError(f"{what}: the rule's outputs do not match cotransfer.plan: {diff[:4]}")
+
+
+def strip(study: Study, dataset: str, group: str, items_path: str, declared: list[str], prov: dict,
           manifest: str | None = None) -> None:
-    """Answer removal on the split stage's sentences for every CoT table of one strip job
-    (`plan.strip_tasks`): each stripped CoT is an ordered subset of the original sentences.
+    """Answer removal on the split stage's sentences for every CoT table of one group
+    (`plan.cot_tables`): each stripped CoT is an ordered subset of the original sentences.
 
     method `rule` drops sentences that state the source's own parsed answer (CPU);
     method `llm` asks the filter model which sentences state the answer (index mode), in one
@@ -260,9 +287,8 @@ def strip(study: Study, dataset: str, stage: str, items_path: str, declared: lis
     from cotransfer.sentences import Sentence
 
     R = study.results
-    tasks = plan.strip_tasks(study, stage)
-    if sorted(t.output(R, dataset) for t in tasks) != sorted(map(str, declared)):
-        raise RuntimeError(f"strip {stage}: the rule's outputs do not match plan.strip_tasks")
+    tasks = plan.cot_tables(study, group)
+    _check_declared(f"strip {group}", [t.stripped(R, dataset) for t in tasks], declared)
     items = pl.read_parquet(items_path)
     prepared = []  # per task: (records, keys, spans, answers)
     for t in tasks:
@@ -304,7 +330,7 @@ def strip(study: Study, dataset: str, stage: str, items_path: str, declared: lis
         keep = {items_path, manifest, t.cots(R, dataset), t.sentences(R, dataset), t.generations(R, dataset)}
         doc = {**prov, "output": {"source": t.source, "kind": t.kind},
                "inputs": {n: v for n, v in (prov.get("inputs") or {}).items() if v["path"] in keep}}
-        io.write_parquet(pl.DataFrame(rows, schema=schema), t.output(R, dataset), doc)
+        io.write_parquet(pl.DataFrame(rows, schema=schema), t.stripped(R, dataset), doc)
 
 
 def _filter_model_drops(study: Study, engine, sentence_lists: list) -> list[tuple[set[int], str]]:

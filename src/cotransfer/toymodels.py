@@ -46,6 +46,7 @@ import time
 from pathlib import Path
 
 from cotransfer.formats import get_format
+from cotransfer.engine import load_tokenizer  # the one loader (what vLLM sees)
 
 log = logging.getLogger(__name__)
 
@@ -142,13 +143,6 @@ def _write_tokenizer(out: Path, family: str, params: dict) -> None:
         tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
         bos_token=None, chat_template=CHAT_TEMPLATE.replace("{opener}", opener),
     ).save_pretrained(out)
-
-
-def load_tokenizer(path: str | Path):
-    """The tokenizer of a model directory, as transformers (and so vLLM) loads it."""
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(str(path))
 
 
 def _model(tok, params: dict, initializer_range: float):

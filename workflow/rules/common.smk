@@ -46,6 +46,7 @@ localrules:
     prepare_model,
     items,
     split,
+    split_ensembles,
     score,
     aggregate,
     figures,
@@ -86,8 +87,12 @@ def prefill_outputs(stage):
     return [c.output(R, "{dataset}", "{model}") for c in plan.prefill_cells(STUDY, stage)]
 
 
-def strip_outputs(stage):
-    return [t.output(R, "{dataset}") for t in plan.strip_tasks(STUDY, stage)]
+def split_outputs(group):
+    return [t.sentences(R, "{dataset}") for t in plan.cot_tables(STUDY, group)]
+
+
+def strip_outputs(group):
+    return [t.stripped(R, "{dataset}") for t in plan.cot_tables(STUDY, group)]
 
 
 TABLES = {name: f"{R}/tables/{name}.parquet" for name in ("answers", "consistency", "consistency_summary", "accuracy")}
@@ -131,14 +136,26 @@ def get_ensemble_transfer_cots(wildcards):
     return get_prefill_cots(wildcards, "ensemble")
 
 
-def get_strip_input(wildcards, stage):
-    tasks = plan.strip_tasks(STUDY, stage)
+def get_split_input(wildcards, group):
+    return [t.cots(R, wildcards.dataset) for t in plan.cot_tables(STUDY, group)]
+
+
+def get_split_models_input(wildcards):
+    return get_split_input(wildcards, "models")
+
+
+def get_split_ensembles_input(wildcards):
+    return get_split_input(wildcards, "ensembles")
+
+
+def get_strip_input(wildcards, group):
+    tables = plan.cot_tables(STUDY, group)
     d = {
         "itemsfile": items_path(wildcards.dataset),
-        "cots": [t.cots(R, wildcards.dataset) for t in tasks],
-        "sentences": [t.sentences(R, wildcards.dataset) for t in tasks],
+        "cots": [t.cots(R, wildcards.dataset) for t in tables],
+        "sentences": [t.sentences(R, wildcards.dataset) for t in tables],
         # a model's own answer tells the rule method what to drop
-        "generations": [g for t in tasks if (g := t.generations(R, wildcards.dataset))],
+        "generations": [g for t in tables if (g := t.generations(R, wildcards.dataset))],
     }
     if STUDY.strip_method == "llm":
         d["model"] = manifest(STUDY.strip_model)

@@ -1,14 +1,32 @@
-# split: every CoT into sentences with character offsets.
+# split: every CoT into sentences with character offsets; one job per dataset for the models'
+# CoTs and one for the ensembles' (cotransfer.plan.cot_tables).
 
 
 rule split:
     input:
-        f"{R}/cots/{{dataset}}/full/{{source}}/{{kind}}.parquet",
+        get_split_models_input,
     output:
-        f"{R}/sentences/{{dataset}}/{{source}}/{{kind}}.parquet",
+        split_outputs("models"),
     log:
-        "logs/split/{dataset}/{source}/{kind}.log",
+        "logs/split/{dataset}/models.log",
     params:
         code=cotransfer.__version__,
+        group="models",
     script:
         "../scripts/split.py"
+
+
+if ENSEMBLES:
+
+    rule split_ensembles:
+        input:
+            get_split_ensembles_input,
+        output:
+            split_outputs("ensembles"),
+        log:
+            "logs/split/{dataset}/ensembles.log",
+        params:
+            code=cotransfer.__version__,
+            group="ensembles",
+        script:
+            "../scripts/split.py"

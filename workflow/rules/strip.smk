@@ -12,7 +12,7 @@ rule strip:
         "logs/strip/{dataset}/models.log",
     params:
         strip=strip_params,
-        stage="models",
+        group="models",
     resources:
         gpu=gpus_strip,
         mem_mb=mem_mb_cpu,
@@ -31,7 +31,7 @@ if ENSEMBLES:
             "logs/strip/{dataset}/ensembles.log",
         params:
             strip=strip_params,
-            stage="ensembles",
+            group="ensembles",
         resources:
             gpu=gpus_strip,
             mem_mb=mem_mb_cpu,

@@ -8,3 +8,4 @@ if __name__ == "__main__":  # vLLM may spawn workers that re-import this file
     manifests = {m: snakemake.input[m] for m in study.ensembles[name].members}
     stages.ensemble(study, snakemake.wildcards.dataset, name, snakemake.input.itemsfile, manifests,
                     snakemake.output.cots, snakemake.output.steps, io.provenance_from_snakemake(snakemake))
+    stages.end_job()  # outputs are written: skip vLLM's slow in-process teardown

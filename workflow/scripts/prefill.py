@@ -6,3 +6,4 @@ if __name__ == "__main__":  # vLLM may spawn workers that re-import this file
     stages.prefill(Study.from_dict(snakemake.config), snakemake.wildcards.dataset, snakemake.wildcards.model,
                    snakemake.params.stage, snakemake.input.itemsfile, snakemake.input.model,
                    list(snakemake.output), io.provenance_from_snakemake(snakemake))
+    stages.end_job()  # outputs are written: skip vLLM's slow in-process teardown
