@@ -38,4 +38,4 @@ dryrun: setup
 	$(BIN)/snakemake -n --configfile config/config.yaml
 
 clean-demo:
-	rm -rf results resources/models logs .snakemake
+	rm -rf results resources/models resources/cache logs .snakemake
