@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from cotransfer.sentences import SPLITTER_VERSION, Sentence, split, truncate_to_sentence
+from cotransfer.sentences import SPLITTER_VERSION, Sentence, split, truncate_to_complete, truncate_to_sentence
 
 # (id, text, expected sentences). Ids say which rule a case pins down.
 CASES = [
@@ -196,3 +196,21 @@ def test_version_is_a_string():
 ])
 def test_truncate_to_sentence(chunk, expected):
     assert truncate_to_sentence(chunk) == expected
+
+
+@pytest.mark.parametrize("chunk, expected", [
+    ("4+2=6. 6", "4+2=6."),  # a step cut mid-way is dropped, also after a number (the paper rule keeps it)
+    ("4+2=6. 6*5=0. 0*", "4+2=6. 6*5=0."),
+    ("4+2=6.", "4+2=6."),
+    ("4 plus 2 is 6. 6 times", "4 plus 2 is 6."),
+    ("The sum is large. And then we", "The sum is large."),
+    ("The dose is 3.5 mg. Then", "The dose is 3.5 mg."),
+    ("The dose is 3.5", "The dose is 3.5"),  # no complete sentence: kept whole
+    ("4 + 2 -> 6; 6 *", "4 + 2 -> 6; 6 *"),  # ";" ends no sentence
+    ("It is done! Next", "It is done!"),
+    ('He said "stop." Then', 'He said "stop."'),
+    ("", ""),
+])
+def test_truncate_to_complete(chunk, expected):
+    assert truncate_to_complete(chunk) == expected
+    assert truncate_to_sentence("4+2=6. 6") == "4+2=6. 6"  # the original rule, for contrast

@@ -29,7 +29,7 @@ from cotransfer.config import EnsembleSpec, Sampling, Study
 from cotransfer.engine import Engine, Request, derive_seed
 from cotransfer.formats import FORMATS, get_format
 from cotransfer.inference import messages
-from cotransfer.sentences import truncate_to_sentence
+from cotransfer.sentences import truncate_to_complete, truncate_to_sentence
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,9 @@ STEP_SCHEMA = {"dataset": pl.String, "ensemble": pl.String, "item_id": pl.String
 ROW_SCHEMA = {"dataset": pl.String, "item_id": pl.String, "sample": pl.Int64, "cot_source": pl.String,
               "cot": pl.String, "stop_reason": pl.String, "n_steps": pl.Int64}
 MAX_EMPTY_STEPS = 3
+#: bump when a change here changes ensemble CoTs (a rule param: their jobs re-run)
+ENSEMBLE_VERSION = "2"
+TRUNCATIONS = {"sentence": truncate_to_complete, "paper": truncate_to_sentence}
 
 
 @dataclass
@@ -56,9 +59,10 @@ class Candidate:
         return sum(self.scores.values()) / len(self.scores) if self.scores else float("-inf")
 
 
-def clean(raw: str, closer: str) -> tuple[str, bool]:
+def clean(raw: str, closer: str, truncation: str = "sentence") -> tuple[str, bool]:
     """Cut at the generator's close marker (-> ends_thought), strip every format's markers,
-    then truncate an unfinished chunk to its last sentence boundary."""
+    then truncate an unfinished chunk to its last complete sentence (`truncation: sentence`,
+    the section 6 splitter) or by the original's rule (`paper`)."""
     ends = bool(closer) and closer in raw
     text = raw.split(closer, 1)[0] if ends else raw
     for fmt in FORMATS.values():
@@ -67,7 +71,7 @@ def clean(raw: str, closer: str) -> tuple[str, bool]:
     for junk in ("<|im_start|>", "<|im_end|>", "<|endoftext|>", "<|start|>", "<|message|>", "<|channel|>"):
         text = text.replace(junk, " ")
     if not ends:
-        text = truncate_to_sentence(text)
+        text = TRUNCATIONS[truncation](text)
     return text.strip(), ends
 
 
@@ -106,7 +110,7 @@ def run(study: Study, dataset: str, spec: EnsembleSpec, items: list[dict],
                     reqs.append(Request(prompts[g][i] + thoughts[i], spec.chunk_tokens, sampling, seed))
                     owners.append((i, s))
             for (i, s), out in zip(owners, engines[g].generate(reqs, what=f"ensemble step {step} propose {g}")):
-                text, ends = clean(out.text, fmts[g].closer)
+                text, ends = clean(out.text, fmts[g].closer, spec.truncation)
                 if text or ends:
                     cands[i].append(Candidate(g_idx, s, out.text, text, ends))
         # 3. score with every evaluator: mean log-prob of the candidate tokens in its context

@@ -276,6 +276,25 @@ _PAPER_CUT = re.compile(r"(?<!\d)[.!?](?=\s|$|[A-Z])")
 _PAPER_ABBREVIATION = re.compile(r"\d+(?:\.\d+)?|[A-Za-z]{1,4}|(?:[A-Za-z]\.)+[A-Za-z]?")
 
 
+_TERMINAL = re.compile(r"[.!?\u2026]+[\"'\u201d\u2019)\]]*$")
+
+
+def truncate_to_complete(chunk: str) -> str:
+    """An ensemble candidate cut back to its last complete sentence (method.md section 7, step 2,
+    with the section 6 splitter): a chunk is cut at a token budget, so its last sentence is
+    usually unfinished; drop it when an earlier sentence of the chunk is complete. A chunk with
+    no sentence boundary is kept whole (nothing shorter is a sentence either).
+
+    The paper's rule (`truncate_to_sentence`) never cuts after a digit, so a CoT whose sentences
+    end in numbers ("4+1=5. 5*2") kept every half-written step: the next generator then
+    continued another model's unfinished sentence in its own style.
+    """
+    sentences = split(chunk)
+    if len(sentences) < 2 or _TERMINAL.search(sentences[-1].text):
+        return chunk
+    return chunk[: sentences[-2].end]
+
+
 def truncate_to_sentence(chunk: str) -> str:
     """The original study's chunk truncation for ensemble candidates (method.md section 6, end).
 

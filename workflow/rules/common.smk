@@ -10,6 +10,7 @@ import cotransfer
 from cotransfer import plan
 from cotransfer.config import ConfigError, Study, validate as validate_config
 from cotransfer.datasets import get_adapter
+from cotransfer.ensemble import ENSEMBLE_VERSION
 from cotransfer.formats import get_format
 from cotransfer.toymodels import TOY_VERSION
 
@@ -209,7 +210,8 @@ def run_params(wildcards):
         "dataset": _dataset_params(wildcards.dataset),
         "models": [_model_params(m) for m in models],
         "decoding": asdict(STUDY.decoding_for(wildcards.dataset)),
-        "ensemble": STUDY.ensembles[wildcards.ensemble].params() if hasattr(wildcards, "ensemble") else None,
+        "ensemble": ({**STUDY.ensembles[wildcards.ensemble].params(), "version": ENSEMBLE_VERSION}
+                     if hasattr(wildcards, "ensemble") else None),
     }
 
 
