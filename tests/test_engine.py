@@ -104,3 +104,28 @@ def test_answer_phase_continues_from_exact_token_ids(job, engine):
     assert cont.prompt_ids == c.prompt_ids + c.token_ids
     (a,) = engine.generate([req])
     assert a.prompt_ids == req.prompt_ids and a.finish_reason in ("stop", "length")
+
+
+def _hand_logprobs(model_dir, ids):
+    """log p(ids[i] | ids[:i]) for i >= 1, by a plain transformers forward pass."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()
+    with torch.no_grad():
+        logits = model(torch.tensor([ids])).logits[0]
+    lp = torch.log_softmax(logits.double(), dim=-1)
+    return [float(lp[i - 1, ids[i]]) for i in range(1, len(ids))]
+
+
+def test_scoring_modes_equal_hand_computed_values(engine, toy_model_dir):
+    ctx, cand = engine.encode("<|im_start|>user\nStart with 2. Add 3.<|im_end|>\n"), engine.encode(" 2+3=5.")
+    lps = _hand_logprobs(toy_model_dir, ctx + cand)  # lps[i - 1] is the log-prob of token i
+    want_candidate = sum(lps[len(ctx) - 1:]) / len(cand)
+    want_paper = math.exp(-sum(lps) / len(lps))  # every token of context + candidate but the first
+    (got_candidate,) = engine.score([(ctx, cand)])
+    (got_paper,) = engine.score([(ctx, cand)], mode="paper")
+    assert got_candidate == pytest.approx(want_candidate, abs=1e-3)
+    assert got_paper == pytest.approx(want_paper, rel=1e-3)
+    with pytest.raises(ValueError, match="unknown scoring mode"):
+        engine.score([(ctx, cand)], mode="ppl")

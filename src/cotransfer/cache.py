@@ -63,9 +63,10 @@ def request_key(prompt_ids, params: dict) -> str:
     return _digest({"kind": "generate", "ids": list(prompt_ids), "params": params})
 
 
-def score_key(context_ids, candidate_ids) -> str:
-    """Key of a scoring call: the concatenated ids and where the candidate starts."""
-    return _digest({"kind": "score", "ids": list(context_ids) + list(candidate_ids), "start": len(context_ids)})
+def score_key(context_ids, candidate_ids, mode: str = "candidate") -> str:
+    """Key of a scoring call: the concatenated ids, where the candidate starts, the score's kind."""
+    return _digest({"kind": "score", "ids": list(context_ids) + list(candidate_ids), "start": len(context_ids),
+                    "mode": mode})
 
 
 def engine_id(identity: dict) -> str:

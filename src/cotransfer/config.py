@@ -248,6 +248,7 @@ class EnsembleSpec:
     top_p: float = 1.0
     top_k: int = 50
     truncation: str = "sentence"
+    scoring: str = "candidate"
 
     @property
     def members(self) -> tuple[str, ...]:
@@ -330,7 +331,7 @@ class Study:
                 generators=tuple(v["generators"]),
                 evaluators=tuple(v["evaluators"]),
                 **{f: v[f] for f in ("candidates", "chunk_tokens", "max_steps", "thinking_cap",
-                                     "temperature", "top_p", "top_k", "truncation") if f in v},
+                                     "temperature", "top_p", "top_k", "truncation", "scoring") if f in v},
             )
         from cotransfer.datasets import ADAPTERS, get_adapter
 

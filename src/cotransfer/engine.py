@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import time
 from dataclasses import asdict, dataclass
@@ -268,18 +269,24 @@ class Engine:
                  f"; {n_err} prompts too long" if n_err else "")
         return results  # type: ignore[return-value]
 
-    def score(self, pairs: list[tuple[list[int], list[int]]]) -> list[float]:
-        """Mean log-probability of each candidate's tokens given its context (one forward pass).
+    def score(self, pairs: list[tuple[list[int], list[int]]], mode: str = "candidate") -> list[float]:
+        """Score each candidate given its context from prompt log-probabilities (one forward
+        pass, no new tokens). Each pair is (context ids, candidate ids); the score is defined on
+        the concatenated ids, so the boundary tokenization is fixed by the caller.
 
-        Each pair is (context ids, candidate ids); the score is defined on the concatenated ids,
-        so the boundary tokenization is fixed by the caller. Cached like `generate`.
+        mode `candidate`: the mean log-probability of the candidate's own tokens (higher is
+        better). mode `paper`: the original study's whole-sequence perplexity, exp of the mean
+        negative log-likelihood over every token of context + candidate except the first (lower
+        is better; method.md section 7). Cached like `generate`.
         """
+        if mode not in SCORE_MODES:
+            raise ValueError(f"unknown scoring mode {mode!r}; known: {SCORE_MODES}")
         if not pairs:
             return []
         from cotransfer.cache import score_key
         from cotransfer.config import GREEDY
 
-        keys = [score_key(ctx, cand) for ctx, cand in pairs]
+        keys = [score_key(ctx, cand, mode) for ctx, cand in pairs]
         todo = dict(zip(keys, pairs))
         found = self._lookup(list(todo))
         missing = [k for k in todo if k not in found]
@@ -296,15 +303,28 @@ class Engine:
             for k, out in zip(missing, outs):
                 ctx, cand = todo[k]
                 ids = list(ctx) + list(cand)
-                lps = [out.prompt_logprobs[i][ids[i]].logprob for i in range(len(ctx), len(ids))]
-                scores[k] = sum(lps) / len(lps) if lps else float("-inf")
+                start = len(ctx) if mode == "candidate" else 1
+                lps = [out.prompt_logprobs[i][ids[i]].logprob for i in range(start, len(ids))]
+                scores[k] = sequence_score(lps, mode)
                 new.append({"key": k, "kind": "score", "score": scores[k], "n_prompt": len(ids)})
             if self.cache is not None:
-                self.cache.put(new, what="score")
+                self.cache.put(new, what=f"score ({mode})")
         n_cached = sum(1 for k in keys if k in found)
-        log.info("score: %s", self.stats.add(len(pairs), n_cached, sum(len(c) for _, c in pairs),
-                                             time.perf_counter() - t0))
+        log.info("score (%s): %s", mode, self.stats.add(len(pairs), n_cached, sum(len(c) for _, c in pairs),
+                                                        time.perf_counter() - t0))
         return [scores[k] for k in keys]
+
+
+SCORE_MODES = ("candidate", "paper")
+
+
+def sequence_score(logprobs: list[float], mode: str) -> float:
+    """`candidate`: the mean of the candidate tokens' log-probabilities (-inf for none);
+    `paper`: exp(mean NLL) over the given positions (inf for none)."""
+    if not logprobs:
+        return float("-inf") if mode == "candidate" else float("inf")
+    mean = sum(logprobs) / len(logprobs)
+    return mean if mode == "candidate" else math.exp(min(-mean, 700.0))  # no overflow on garbage
 
 
 def load_tokenizer(model_path):

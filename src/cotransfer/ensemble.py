@@ -56,7 +56,8 @@ class Candidate:
 
     @property
     def score(self) -> float:
-        return sum(self.scores.values()) / len(self.scores) if self.scores else float("-inf")
+        """The per-evaluator scores averaged (mean log-prob, or perplexity in `paper` scoring)."""
+        return sum(self.scores.values()) / len(self.scores) if self.scores else float("nan")
 
 
 def clean(raw: str, closer: str, truncation: str = "sentence") -> tuple[str, bool]:
@@ -73,6 +74,15 @@ def clean(raw: str, closer: str, truncation: str = "sentence") -> tuple[str, boo
     if not ends:
         text = TRUNCATIONS[truncation](text)
     return text.strip(), ends
+
+
+def select(cands: list[Candidate], scoring: str) -> Candidate:
+    """The best candidate by its score averaged over evaluators: the highest mean log-prob
+    (`candidate`) or the lowest perplexity (`paper`); ties go to the lower (generator index,
+    sample index), never to whichever text happens to match first."""
+    if scoring == "paper":
+        return min(cands, key=lambda c: (c.score, c.generator, c.sample))
+    return max(cands, key=lambda c: (c.score, -c.generator, -c.sample))
 
 
 def join(thought: str, piece: str) -> str:
@@ -122,7 +132,7 @@ def run(study: Study, dataset: str, spec: EnsembleSpec, items: list[dict],
                     piece = (" " + c.text) if c.text else fmts[e].closer
                     pairs.append((ctx, engines[e].encode(piece)))
                     owners.append(c)
-            for c, score in zip(owners, engines[e].score(pairs)):
+            for c, score in zip(owners, engines[e].score(pairs, spec.scoring)):
                 c.scores[e] = score
         # 4-6. select, append, stop
         still = []
@@ -136,7 +146,7 @@ def run(study: Study, dataset: str, spec: EnsembleSpec, items: list[dict],
                     still.append(i)
                 continue
             empty_streak[i] = 0
-            best = max(cands[i], key=lambda c: (c.score, -c.generator, -c.sample))
+            best = select(cands[i], spec.scoring)
             if best.text:
                 thoughts[i] = join(thoughts[i], best.text)
             cum = len(primary.encode(thoughts[i]))
