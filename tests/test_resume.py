@@ -68,3 +68,60 @@ def test_sigkill_halfway_then_rerun_computes_only_the_missing_requests(toy_model
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert "RESULT loaded=False cached=60 computed=0" in again.stdout
     assert pl.read_parquet(tmp_path / "final.parquet").equals(df)
+
+
+ENSEMBLE_SCRIPT = textwrap.dedent("""
+    import sys, yaml
+    from cotransfer.config import EnsembleSpec, Study, validate
+    from cotransfer.engine import Engine
+    from cotransfer.ensemble import run
+
+    if __name__ == "__main__":
+        models, cfg, cache, out = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
+        study = Study.from_dict(validate(yaml.safe_load(open(cfg))))
+        paths = dict(zip(("toy_qwq", "toy_dapo", "toy_opent"), models.split(",")))
+        engines = {m: Engine(p, dtype="float32", max_model_len=512, cache_dir=cache, weights={"weights_sha256": m},
+                             name=m) for m, p in paths.items()}
+        spec = EnsembleSpec("ens", ("toy_qwq", "toy_dapo"), ("toy_opent",), candidates=2, chunk_tokens=4,
+                            max_steps=8, thinking_cap=10_000)
+        items = [{"item_id": f"t{i}", "system": None, "user": f"Start with {i}. Add 3."} for i in range(6)]
+        rows, steps = run(study, "toyarith", spec, items, engines)
+        rows.write_parquet(out + ".rows.parquet")
+        steps.drop("wall_s").write_parquet(out + ".steps.parquet")
+""")
+
+
+@pytest.mark.vllm
+def test_ensemble_killed_and_rerun_ends_identical_to_an_uninterrupted_run(tmp_path, demo_config):
+    """The ensemble's calls are seeded and cached, so a re-run replays the finished steps from the
+    request cache and continues: the same thoughts and step log as a run never interrupted."""
+    import yaml
+
+    from cotransfer.toymodels import build
+
+    models = [str(build(tmp_path / name, fam, {"seed": seed, "opens_thinking": name == "toy_qwq"}))
+              for name, fam, seed in (("toy_qwq", "think", 1), ("toy_dapo", "think", 2),
+                                      ("toy_opent", "openthinker", 3))]
+    (tmp_path / "job.py").write_text(ENSEMBLE_SCRIPT)
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(demo_config))
+
+    def cmd(cache, out):
+        return [sys.executable, str(tmp_path / "job.py"), ",".join(models), str(tmp_path / "cfg.yaml"),
+                str(tmp_path / cache), str(tmp_path / out)]
+
+    whole = subprocess.run(cmd("cache-a", "whole"), capture_output=True, text=True, timeout=600)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    proc = subprocess.Popen(cmd("cache-b", "resumed"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and len(list((tmp_path / "cache-b").rglob("[0-9]*.parquet"))) < 12:
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "resumed.rows.parquet").exists(), "the job must be killed before it ends"
+    done = cache_rows(tmp_path / "cache-b")
+    again = subprocess.run(cmd("cache-b", "resumed"), capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert 0 < done < cache_rows(tmp_path / "cache-a")
+    assert cache_rows(tmp_path / "cache-b") == cache_rows(tmp_path / "cache-a")  # nothing computed twice
+    for part in ("rows", "steps"):
+        assert pl.read_parquet(tmp_path / f"resumed.{part}.parquet").equals(pl.read_parquet(tmp_path / f"whole.{part}.parquet"))
