@@ -48,7 +48,7 @@ def test_keys_cover_ids_and_every_parameter():
     assert k != C.request_key([1, 2, 4], base)
     for change in ({"seed": 2}, {"max_tokens": 9}, {"top_p": 0.9}, {"stop": ["x"]}, {"temperature": 0.5}):
         assert C.request_key([1, 2, 3], {**base, **change}) != k, change
-    assert C.score_key([1, 2], [3]) != C.score_key([1], [2, 3])
+    assert C.logprobs_key([1, 2], [3]) != C.logprobs_key([1], [2, 3])
 
 
 def _writer(root: str, prefix: str, n_shards: int) -> None:

@@ -129,3 +129,26 @@ def test_scoring_modes_equal_hand_computed_values(engine, toy_model_dir):
     assert got_paper == pytest.approx(want_paper, rel=1e-3)
     with pytest.raises(ValueError, match="unknown scoring mode"):
         engine.score([(ctx, cand)], mode="ppl")
+
+
+def test_prefix_cached_token_logprobs_equal_the_uncached_path(toy_model_dir, engine):
+    """Scoring reads vLLM's prefix cache (the shared context is not prefilled again); the
+    log-probabilities must be those of a pass from scratch, and the cache must save prefill."""
+    from cotransfer.engine import Engine
+
+    fresh = Engine(str(toy_model_dir), dtype="float32", max_model_len=512, seed=0, score_prefix_cache=False)
+    fresh._llm = engine.llm  # the same weights: only the prefix-cache reads differ
+    # longer than a KV block (vLLM caches whole blocks only)
+    base = engine.encode("<|im_start|>user\n" + "Start with 7. Add 5. Multiply by 3. " * 12 + "<|im_end|>\n")
+    pieces = [engine.encode(t) for t in ("7+5=2.", "7+5=12.", " 2*3=6.", "2", " and then some more words.")]
+    pairs = [(base, p) for p in pieces]
+    grown = base + pieces[0]
+    pairs += [(grown, p) for p in pieces[2:]]  # the next step: the context grew by one piece
+    before = engine.stats.prefill_tokens
+    cached = engine.token_logprobs(pairs) + engine.token_logprobs(pairs[-2:] + [(grown + pieces[2], pieces[3])])
+    saved = engine.stats.prefill_tokens - before
+    uncached = fresh.token_logprobs(pairs) + fresh.token_logprobs(pairs[-2:] + [(grown + pieces[2], pieces[3])])
+    assert [len(x) for x in cached] == [len(x) for x in uncached]
+    deltas = [abs(a - b) for xs, ys in zip(cached, uncached) for a, b in zip(xs, ys)]
+    assert max(deltas) < 1e-4, max(deltas)
+    assert saved < fresh.stats.prefill_tokens  # the shared contexts were read from the prefix cache

@@ -3,7 +3,11 @@ and its ties in both scoring modes, the stop rules."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
+
+from types import SimpleNamespace
 
 from cotransfer.config import EnsembleSpec, Study, validate
 from cotransfer.engine import Completion
@@ -15,25 +19,27 @@ ITEMS = [{"item_id": "t0", "system": None, "user": "Start with 4. Add 2."},
 
 
 class Scripted:
-    """A generator proposes `propose(context, seed)`; an evaluator scores a candidate piece by
-    `scores[piece]` (default `default`). Token ids are characters."""
+    """A generator proposes `propose(context, seed)`; an evaluator gives a candidate piece one
+    log-probability, `scores[piece.strip()]` (default `default`). Token ids are characters."""
 
     tokenizer = Tok()
 
     def __init__(self, propose=None, scores=None, default=-5.0):
         self.propose, self.scores, self.default = propose, scores or {}, default
-        self.generated, self.modes = 0, set()
+        self.generated, self.scored = 0, []
+        self.stats = SimpleNamespace(prefill_tokens=0)
 
     def encode(self, text):
         return [ord(c) for c in text]
 
     def generate(self, requests, what=""):
         self.generated += len(requests)
+        assert all(r.prompt_ids is not None for r in requests)  # contexts go as ids
         return [Completion(self.propose(r.prompt, r.seed), 3, "length") for r in requests]
 
-    def score(self, pairs, mode="candidate"):
-        self.modes.add(mode)
-        return [self.scores.get("".join(map(chr, cand)), self.default) for _, cand in pairs]
+    def token_logprobs(self, pairs, what=""):
+        self.scored.append(what)
+        return [[self.scores.get("".join(map(chr, cand)).strip(), self.default)] for _, cand in pairs]
 
 
 @pytest.fixture
@@ -71,18 +77,21 @@ def test_steps_append_the_best_candidate_until_one_ends_the_thought(study):
     def dapo(ctx, seed):
         return "4 + 2 -> 6; 6" if not ctx.endswith(".") else " more."
 
-    evaluator = Scripted(scores={" 4+2=6.": -1.0, " 4 + 2 -> 6; 6": -2.0, " done.": -0.5, " more.": -3.0})
+    evaluator = Scripted(scores={"4+2=6.": -1.0, "4 + 2 -> 6; 6": -2.0, "done.": -0.5, "more.": -3.0})
     engines = {"toy_qwq": Scripted(qwq), "toy_dapo": Scripted(dapo), "toy_opent": evaluator}
     rows, steps = run(study, "toyarith", spec(), ITEMS, engines)
     assert rows["cot"].to_list() == ["4+2=6. done."] * 2
     assert rows["stop_reason"].to_list() == ["ends_thought"] * 2 and rows["n_steps"].to_list() == [2, 2]
     assert steps.height == 4 and steps["selected_generator"].to_list() == [0, 0, 0, 0]
-    assert evaluator.modes == {"candidate"}
-    # paper scoring asks for perplexities and takes the lowest
-    evaluator = Scripted(scores={" 4+2=6.": 9.0, " 4 + 2 -> 6; 6": 2.0, " more.": 1.0, " done.": 5.0})
+    assert not any("paper" in w for w in evaluator.scored)
+    # paper scoring: the lowest whole-sequence perplexity, i.e. here the highest log-probability
+    # (same context, one token per candidate); the prompt's own likelihood is computed once
+    evaluator = Scripted(scores={"4+2=6.": -4.0, "4 + 2 -> 6; 6": -0.1})
     engines["toy_opent"] = evaluator
-    rows, _ = run(study, "toyarith", spec(scoring="paper", max_steps=1), ITEMS, engines)
-    assert evaluator.modes == {"paper"} and rows["cot"][0] == "4 + 2 -> 6; 6"
+    rows, steps = run(study, "toyarith", spec(scoring="paper", max_steps=1), ITEMS, engines)
+    assert rows["cot"][0] == "4 + 2 -> 6; 6" and "paper" in evaluator.scored[0]
+    scores = json.loads(steps["candidates"][0])
+    assert min(scores, key=lambda c: c["score"])["text"] == "4 + 2 -> 6; 6" and all(c["score"] > 1 for c in scores)
 
 
 def test_empty_candidates_stop_after_three_steps_and_the_cap_stops_a_run_that_never_ends(study):

@@ -11,7 +11,7 @@ resolved revision, or the sha256 of a local model's files), the engine (vllm or 
 version, the dtype and the tensor parallel size. ``identity.json`` there says which model it is.
 Within it, each request's key is the sha256 of its exact prompt token ids and every sampling
 parameter (temperature, top_p, top_k, min_p, penalties, seed, token budget, stop strings), or of
-a scoring call's ids and candidate offset.
+a token log-probability call's ids and candidate offset.
 
 Rows live in append-only Parquet shards, one per engine call, each written to a temporary name
 and renamed into place under a name no other writer can pick (time, host, pid, random). So any
@@ -41,13 +41,14 @@ log = logging.getLogger(__name__)
 
 CACHE_VERSION = 1
 SCHEMA = {
-    "key": pl.String,           # sha256 of the request (request_key / score_key)
-    "kind": pl.String,          # generate | score
+    "key": pl.String,           # sha256 of the request (request_key / logprobs_key)
+    "kind": pl.String,          # generate | logprobs
     "text": pl.String,          # generated text as vLLM returned it (special tokens kept)
     "token_ids": pl.List(pl.Int64),
     "finish_reason": pl.String,
     "stop_reason": pl.String,   # JSON: the stop string or token id that ended it, or null
-    "score": pl.Float64,        # scoring calls: mean log-probability of the candidate
+    "score": pl.Float64,        # unused (kept so older shards read alike)
+    "logprobs": pl.List(pl.Float64),  # token log-probability calls: one per candidate token
     "n_prompt": pl.Int64,
     "created_utc": pl.String,
 }
@@ -63,10 +64,9 @@ def request_key(prompt_ids, params: dict) -> str:
     return _digest({"kind": "generate", "ids": list(prompt_ids), "params": params})
 
 
-def score_key(context_ids, candidate_ids, mode: str = "candidate") -> str:
-    """Key of a scoring call: the concatenated ids, where the candidate starts, the score's kind."""
-    return _digest({"kind": "score", "ids": list(context_ids) + list(candidate_ids), "start": len(context_ids),
-                    "mode": mode})
+def logprobs_key(context_ids, candidate_ids) -> str:
+    """Key of a token log-probability call: the log-probabilities of the candidate's tokens."""
+    return _digest({"kind": "logprobs", "ids": list(context_ids) + list(candidate_ids), "start": len(context_ids)})
 
 
 def engine_id(identity: dict) -> str:
@@ -218,7 +218,7 @@ def compact(directory: str | os.PathLike, *, older_than_days: float | None = Non
     shards = _shards(directory)
     if not shards:
         return 0, 0
-    df = pl.concat([pl.read_parquet(s) for s in shards], how="vertical")
+    df = pl.concat([pl.read_parquet(s) for s in shards], how="diagonal_relaxed")
     n_before = df.height
     df = df.unique(subset="key", keep="first", maintain_order=True)
     if older_than_days is not None:

@@ -74,6 +74,7 @@ class Throughput:
     tokens: int = 0
     seconds: float = 0.0
     load_seconds: float | None = None  # None: the model was never loaded (everything was cached)
+    prefill_tokens: int = 0  # prompt tokens token_logprobs() had vLLM compute (not prefix-cached)
 
     def add(self, n_req: int, n_cached: int, n_tok: int, secs: float) -> str:
         self.requests += n_req
@@ -112,7 +113,7 @@ class Engine:
                  max_model_len: int, seed: int = 0, enforce_eager: bool = False,
                  gpu_memory_utilization: float = 0.9, cpu_kvcache_gib: int = 1,
                  cache_dir: str | os.PathLike | None = None, weights: dict | None = None,
-                 name: str | None = None, prov: dict | None = None):
+                 name: str | None = None, prov: dict | None = None, score_prefix_cache: bool = True):
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(cpu_kvcache_gib))
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         # Inference runs on the snapshot prepare_model fetched: compute nodes need no network.
@@ -138,6 +139,7 @@ class Engine:
                          "backend": backend, "backend_version": _version(backend)}
         self.tokenizer = load_tokenizer(model_path)
         self.stats = Throughput()
+        self.score_prefix_cache = score_prefix_cache  # False: every scoring pass from scratch
         self._llm = None
         self.cache = None
         if cache_dir is not None:
@@ -269,50 +271,86 @@ class Engine:
                  f"; {n_err} prompts too long" if n_err else "")
         return results  # type: ignore[return-value]
 
+    def token_logprobs(self, pairs: list[tuple[list[int], list[int]]], what: str = "logprobs") -> list[list[float]]:
+        """The log-probability of each candidate token given its context and the candidate
+        tokens before it, one forward pass per pair and no new tokens. Each pair is (context
+        ids, candidate ids): the ids are what is scored, so the boundary is fixed by the caller.
+
+        Reads vLLM's prefix cache, so a context shared by many candidates (or grown by one
+        candidate since the last call) is not prefilled again. vLLM computes no log-probability
+        for the positions it took from its prefix cache: a result counts only when the cache
+        stopped before the candidate (`num_cached_tokens <= len(context) - 1`); any other pair is
+        sent again without reading the prefix cache. Cached in the request cache.
+        """
+        if not pairs:
+            return []
+        from cotransfer.cache import logprobs_key
+        from cotransfer.config import GREEDY
+
+        keys = [logprobs_key(ctx, cand) for ctx, cand in pairs]
+        todo = dict(zip(keys, pairs))
+        found = self._lookup(list(todo))
+        missing = [k for k in todo if k not in found]
+        llm = self._ready(len(missing), len(todo), what)
+        t0 = time.perf_counter()
+        result = {k: list(row["logprobs"] or []) for k, row in found.items()}
+        prefilled = 0
+        if missing:
+            from vllm.inputs import TokensPrompt
+
+            def call(ks, read_cache: bool):
+                # no detokenizing: the rows of prefix-cached positions hold no real token ids
+                params = self._sampling_params(Request("", 1, GREEDY), prompt_logprobs=0, detokenize=False,
+                                               skip_reading_prefix_cache=not read_cache)
+                ids = [list(todo[k][0]) + list(todo[k][1]) for k in ks]
+                return llm.generate([TokensPrompt(prompt_token_ids=x) for x in ids], params, use_tqdm=False)
+
+            retry = []
+            for k, out in zip(missing, call(missing, self.score_prefix_cache)):
+                ctx, cand = todo[k]
+                cached = out.num_cached_tokens or 0
+                if cached > len(ctx) - 1:
+                    retry.append(k)
+                    continue
+                prefilled += len(ctx) + len(cand) - cached
+                result[k] = _candidate_logprobs(out, ctx, cand)
+            for k, out in zip(retry, call(retry, False) if retry else []):
+                ctx, cand = todo[k]
+                prefilled += len(ctx) + len(cand)
+                result[k] = _candidate_logprobs(out, ctx, cand)
+            if retry:
+                log.info("%s: %d of %d pairs re-sent without the prefix cache (it reached into the candidate)",
+                         what, len(retry), len(missing))
+            if self.cache is not None:
+                self.cache.put([{"key": k, "kind": "logprobs", "logprobs": result[k],
+                                 "n_prompt": len(todo[k][0]) + len(todo[k][1])} for k in missing], what=what)
+        self.stats.prefill_tokens += prefilled
+        n_cached = sum(1 for k in keys if k in found)
+        log.info("%s: %s; %d tokens prefilled", what,
+                 self.stats.add(len(pairs), n_cached, sum(len(c) for _, c in pairs), time.perf_counter() - t0),
+                 prefilled)
+        return [result[k] for k in keys]
+
     def score(self, pairs: list[tuple[list[int], list[int]]], mode: str = "candidate") -> list[float]:
-        """Score each candidate given its context from prompt log-probabilities (one forward
-        pass, no new tokens). Each pair is (context ids, candidate ids); the score is defined on
-        the concatenated ids, so the boundary tokenization is fixed by the caller.
+        """Score each candidate given its context (method.md section 7, step 3). Each pair is
+        (context ids, candidate ids).
 
         mode `candidate`: the mean log-probability of the candidate's own tokens (higher is
         better). mode `paper`: the original study's whole-sequence perplexity, exp of the mean
         negative log-likelihood over every token of context + candidate except the first (lower
-        is better; method.md section 7). Cached like `generate`.
+        is better). Both come from `token_logprobs` (cached like `generate`).
         """
         if mode not in SCORE_MODES:
             raise ValueError(f"unknown scoring mode {mode!r}; known: {SCORE_MODES}")
-        if not pairs:
-            return []
-        from cotransfer.cache import score_key
-        from cotransfer.config import GREEDY
+        if mode == "candidate":
+            return [sequence_score(lps, mode) for lps in self.token_logprobs(pairs, what="score")]
+        whole = [(list(ctx + cand)[:1], list(ctx + cand)[1:]) for ctx, cand in pairs]
+        return [sequence_score(lps, mode) for lps in self.token_logprobs(whole, what="score (paper)")]
 
-        keys = [score_key(ctx, cand, mode) for ctx, cand in pairs]
-        todo = dict(zip(keys, pairs))
-        found = self._lookup(list(todo))
-        missing = [k for k in todo if k not in found]
-        llm = self._ready(len(missing), len(todo), "score")
-        t0 = time.perf_counter()
-        scores = {k: row["score"] for k, row in found.items()}
-        if missing:
-            from vllm.inputs import TokensPrompt
 
-            params = self._sampling_params(Request("", 1, GREEDY), prompt_logprobs=0)
-            prompts = [TokensPrompt(prompt_token_ids=list(todo[k][0]) + list(todo[k][1])) for k in missing]
-            outs = llm.generate(prompts, params, use_tqdm=False)
-            new = []
-            for k, out in zip(missing, outs):
-                ctx, cand = todo[k]
-                ids = list(ctx) + list(cand)
-                start = len(ctx) if mode == "candidate" else 1
-                lps = [out.prompt_logprobs[i][ids[i]].logprob for i in range(start, len(ids))]
-                scores[k] = sequence_score(lps, mode)
-                new.append({"key": k, "kind": "score", "score": scores[k], "n_prompt": len(ids)})
-            if self.cache is not None:
-                self.cache.put(new, what=f"score ({mode})")
-        n_cached = sum(1 for k in keys if k in found)
-        log.info("score (%s): %s", mode, self.stats.add(len(pairs), n_cached, sum(len(c) for _, c in pairs),
-                                                        time.perf_counter() - t0))
-        return [scores[k] for k in keys]
+def _candidate_logprobs(out, ctx, cand) -> list[float]:
+    ids = list(ctx) + list(cand)
+    return [out.prompt_logprobs[i][ids[i]].logprob for i in range(len(ctx), len(ids))]
 
 
 SCORE_MODES = ("candidate", "paper")

@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 
 import polars as pl
 
 from cotransfer.config import EnsembleSpec, Sampling, Study
-from cotransfer.engine import Engine, Request, derive_seed
+from cotransfer.engine import Engine, Request, derive_seed, sequence_score
 from cotransfer.formats import FORMATS, get_format
 from cotransfer.inference import messages
 from cotransfer.sentences import truncate_to_complete, truncate_to_sentence
@@ -41,7 +42,7 @@ ROW_SCHEMA = {"dataset": pl.String, "item_id": pl.String, "sample": pl.Int64, "c
               "cot": pl.String, "stop_reason": pl.String, "n_steps": pl.Int64}
 MAX_EMPTY_STEPS = 3
 #: bump when a change here changes ensemble CoTs (a rule param: their jobs re-run)
-ENSEMBLE_VERSION = "2"
+ENSEMBLE_VERSION = "3"
 TRUNCATIONS = {"sentence": truncate_to_complete, "paper": truncate_to_sentence}
 
 
@@ -53,6 +54,8 @@ class Candidate:
     text: str
     ends_thought: bool
     scores: dict[str, float] = field(default_factory=dict)
+    ids: dict[str, list[int]] = field(default_factory=dict)  # per evaluator: the scored piece's ids
+    logprobs: dict[str, list[float]] = field(default_factory=dict)
 
     @property
     def score(self) -> float:
@@ -85,31 +88,53 @@ def select(cands: list[Candidate], scoring: str) -> Candidate:
     return max(cands, key=lambda c: (c.score, -c.generator, -c.sample))
 
 
+def _piece(thought: str, text: str) -> str:
+    """What a selected candidate adds to the thought: a space, then its text (none at first)."""
+    return f" {text}" if thought else text
+
+
 def join(thought: str, piece: str) -> str:
     return f"{thought} {piece}".strip() if thought else piece.strip()
 
 
 def run(study: Study, dataset: str, spec: EnsembleSpec, items: list[dict],
         engines: dict[str, Engine]) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """Build the ensembled thought for every item; return (row table, step log)."""
+    """Build the ensembled thought for every item; return (row table, step log).
+
+    Every model's context is kept as token ids: its rendered prompt, then each selected piece
+    (" " + text; no space before the first) encoded once and appended. Nothing is re-tokenized,
+    so the ids scored are the ids that stay in the context, and vLLM's prefix cache serves the
+    shared context: a step prefills about one piece per candidate, not the whole CoT again. In
+    `paper` scoring the context's own log-likelihood is carried from step to step (the selected
+    candidate's token log-probabilities are exactly the context's new positions).
+    """
     sampling = Sampling(temperature=spec.temperature, top_p=spec.top_p, top_k=spec.top_k)
     fmts = {m: get_format(study.model(m).family) for m in spec.members}
-    prompts = {}
+    prompts, ctx = {}, {}
     for m in spec.members:
         kw = study.model(m).prompt_kwargs()
         prompts[m] = [fmts[m].prompt(engines[m].tokenizer, messages(it), **kw) for it in items]
+        ctx[m] = [list(engines[m].encode(p)) for p in prompts[m]]
+    prompt_len = {m: [len(c) for c in ctx[m]] for m in spec.members}
     thoughts = ["" for _ in items]
+    # paper scoring: sum of the log-probabilities of every context token but the first
+    ctx_lp: dict[str, list[float]] = {}
+    if spec.scoring == "paper":
+        for e in spec.evaluators:
+            whole = engines[e].token_logprobs([(c[:1], c[1:]) for c in ctx[e]], what="ensemble prompts (paper)")
+            ctx_lp[e] = [sum(lps) for lps in whole]
     active = list(range(len(items)))
     empty_streak = [0] * len(items)
     stop_reason: dict[int, str] = {}
     n_steps = [0] * len(items)
     step_rows: list[dict] = []
-    primary = engines[spec.generators[0]]
+    primary = spec.generators[0]
 
     for step in range(spec.max_steps):
         if not active:
             break
         t0 = time.perf_counter()
+        prefill0 = sum(engines[m].stats.prefill_tokens for m in spec.members)
         # 1-2. propose and clean
         cands: dict[int, list[Candidate]] = {i: [] for i in active}
         for g_idx, g in enumerate(spec.generators):
@@ -117,24 +142,31 @@ def run(study: Study, dataset: str, spec: EnsembleSpec, items: list[dict],
             for i in active:
                 for s in range(spec.candidates):
                     seed = derive_seed(study.decoding.seed, dataset, spec.name, items[i]["item_id"], step, g_idx, s)
-                    reqs.append(Request(prompts[g][i] + thoughts[i], spec.chunk_tokens, sampling, seed))
+                    reqs.append(Request(prompts[g][i] + thoughts[i], spec.chunk_tokens, sampling, seed,
+                                        prompt_ids=tuple(ctx[g][i])))
                     owners.append((i, s))
             for (i, s), out in zip(owners, engines[g].generate(reqs, what=f"ensemble step {step} propose {g}")):
                 text, ends = clean(out.text, fmts[g].closer, spec.truncation)
                 if text or ends:
                     cands[i].append(Candidate(g_idx, s, out.text, text, ends))
-        # 3. score with every evaluator: mean log-prob of the candidate tokens in its context
+        # 3. score with every evaluator, on its own context ids plus the candidate's
         for e in spec.evaluators:
             pairs, owners = [], []
             for i in active:
-                ctx = engines[e].encode(prompts[e][i] + thoughts[i])
                 for c in cands[i]:
-                    piece = (" " + c.text) if c.text else fmts[e].closer
-                    pairs.append((ctx, engines[e].encode(piece)))
-                    owners.append(c)
-            for c, score in zip(owners, engines[e].score(pairs, spec.scoring)):
-                c.scores[e] = score
-        # 4-6. select, append, stop
+                    piece = engines[e].encode(_piece(thoughts[i], c.text) if c.text else fmts[e].closer)
+                    c.ids[e] = piece
+                    pairs.append((ctx[e][i], piece))
+                    owners.append((i, c))
+            for (i, c), lps in zip(owners, engines[e].token_logprobs(pairs, what=f"ensemble step {step} score {e}")):
+                c.logprobs[e] = lps
+                if spec.scoring == "paper":
+                    n = len(ctx[e][i]) + len(lps) - 1
+                    c.scores[e] = sequence_score([], "paper") if n < 1 else math.exp(
+                        min(-(ctx_lp[e][i] + sum(lps)) / n, 700.0))
+                else:
+                    c.scores[e] = sequence_score(lps, "candidate")
+    # 4-6. select, append, stop
         still = []
         for i in active:
             n_steps[i] = step + 1
@@ -148,8 +180,14 @@ def run(study: Study, dataset: str, spec: EnsembleSpec, items: list[dict],
             empty_streak[i] = 0
             best = select(cands[i], spec.scoring)
             if best.text:
+                piece = _piece(thoughts[i], best.text)
+                for m in spec.members:  # every context grows by the same piece, encoded once per model
+                    ids = best.ids.get(m) or engines[m].encode(piece)
+                    ctx[m][i] += ids
+                    if m in ctx_lp:
+                        ctx_lp[m][i] += sum(best.logprobs[m])
                 thoughts[i] = join(thoughts[i], best.text)
-            cum = len(primary.encode(thoughts[i]))
+            cum = len(ctx[primary][i]) - prompt_len[primary][i]
             step_rows.append({
                 "dataset": dataset, "ensemble": spec.name, "item_id": items[i]["item_id"], "step": step,
                 "candidates": json.dumps([{"generator": spec.generators[c.generator], "sample": c.sample,
@@ -166,7 +204,9 @@ def run(study: Study, dataset: str, spec: EnsembleSpec, items: list[dict],
             else:
                 still.append(i)
         active = still
-        log.info("ensemble %s step %d: %d rows still active", spec.name, step, len(active))
+        prefilled = sum(engines[m].stats.prefill_tokens for m in spec.members) - prefill0
+        log.info("ensemble %s step %d: %d rows still active; %d tokens prefilled for scoring",
+                 spec.name, step, len(active), prefilled)
     for i in active:
         stop_reason[i] = "max_steps"
     rows = pl.DataFrame([{"dataset": dataset, "item_id": it["item_id"], "sample": 0, "cot_source": spec.name,
