@@ -23,6 +23,7 @@ class Scripted:
     log-probability, `scores[piece.strip()]` (default `default`). Token ids are characters."""
 
     tokenizer = Tok()
+    settings = {"max_model_len": 10_000}
 
     def __init__(self, propose=None, scores=None, default=-5.0):
         self.propose, self.scores, self.default = propose, scores or {}, default
@@ -119,3 +120,13 @@ def test_same_seeds_give_the_same_thoughts(study):
     a, _ = run(study, "toyarith", spec(max_steps=3), ITEMS, engines())
     b, _ = run(study, "toyarith", spec(max_steps=3), ITEMS, engines())
     assert a.equals(b) and a["cot"][0] != a["cot"][1]  # per-row seeds differ
+
+
+def test_a_row_stops_when_the_next_chunk_would_not_fit_the_context_window(study):
+    engines = {"toy_qwq": Scripted(lambda c, s: "1+1=2. 2"), "toy_dapo": Scripted(lambda c, s: "1 + 1 -> 2;"),
+               "toy_opent": Scripted()}
+    prompt = len(Tok().apply_chat_template([{"role": "user", "content": ITEMS[0]["user"]}], False, True))
+    engines["toy_opent"].settings = {"max_model_len": prompt + 40}
+    rows, steps = run(study, "toyarith", spec(max_steps=50), ITEMS, engines)
+    assert rows["stop_reason"].to_list() == ["context_full"] * 2
+    assert 1 <= rows["n_steps"][0] < 50

@@ -287,6 +287,11 @@ class Engine:
         from cotransfer.cache import logprobs_key
         from cotransfer.config import GREEDY
 
+        limit = self.settings["max_model_len"]
+        too_long = [i for i, (ctx, cand) in enumerate(pairs) if len(ctx) + len(cand) > limit]
+        if too_long:
+            raise ValueError(f"{what}: {len(too_long)} of {len(pairs)} context + candidate pairs are longer than "
+                             f"max_model_len {limit} (the longest: {max(len(c) + len(d) for c, d in pairs)} tokens)")
         keys = [logprobs_key(ctx, cand) for ctx, cand in pairs]
         todo = dict(zip(keys, pairs))
         found = self._lookup(list(todo))
@@ -301,6 +306,7 @@ class Engine:
             def call(ks, read_cache: bool):
                 # no detokenizing: the rows of prefix-cached positions hold no real token ids
                 params = self._sampling_params(Request("", 1, GREEDY), prompt_logprobs=0, detokenize=False,
+                                               flat_logprobs=True,  # no Python object per prompt position
                                                skip_reading_prefix_cache=not read_cache)
                 ids = [list(todo[k][0]) + list(todo[k][1]) for k in ks]
                 return llm.generate([TokensPrompt(prompt_token_ids=x) for x in ids], params, use_tqdm=False)

@@ -12,8 +12,9 @@ batched scoring call per evaluator over every active row. Ties are broken by (ge
 sample index); selection is by that pair, never by string match. Seeds are derived per
 (row, step, generator, sample). The thinking cap is measured in the primary generator's tokens.
 
-Stops: an `ends_thought` candidate is selected; the cap is reached; `max_steps`; or three
-consecutive steps without a non-empty candidate.
+Stops: an `ends_thought` candidate is selected; the cap is reached; `max_steps`; three
+consecutive steps without a non-empty candidate; or a member's context window cannot hold another
+chunk (`context_full`).
 """
 
 from __future__ import annotations
@@ -98,7 +99,7 @@ def join(thought: str, piece: str) -> str:
 
 
 def run(study: Study, dataset: str, spec: EnsembleSpec, items: list[dict],
-        engines: dict[str, Engine]) -> tuple[pl.DataFrame, pl.DataFrame]:
+        engines: dict[str, Engine], *, rescore_whole: bool = False) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Build the ensembled thought for every item; return (row table, step log).
 
     Every model's context is kept as token ids: its rendered prompt, then each selected piece
@@ -107,6 +108,8 @@ def run(study: Study, dataset: str, spec: EnsembleSpec, items: list[dict],
     shared context: a step prefills about one piece per candidate, not the whole CoT again. In
     `paper` scoring the context's own log-likelihood is carried from step to step (the selected
     candidate's token log-probabilities are exactly the context's new positions).
+    `rescore_whole` scores every `paper` candidate over its whole sequence instead, as the
+    original did: the reference the carried sums are checked against (tests, benchmark).
     """
     sampling = Sampling(temperature=spec.temperature, top_p=spec.top_p, top_k=spec.top_k)
     fmts = {m: get_format(study.model(m).family) for m in spec.members}
@@ -119,7 +122,7 @@ def run(study: Study, dataset: str, spec: EnsembleSpec, items: list[dict],
     thoughts = ["" for _ in items]
     # paper scoring: sum of the log-probabilities of every context token but the first
     ctx_lp: dict[str, list[float]] = {}
-    if spec.scoring == "paper":
+    if spec.scoring == "paper" and not rescore_whole:
         for e in spec.evaluators:
             whole = engines[e].token_logprobs([(c[:1], c[1:]) for c in ctx[e]], what="ensemble prompts (paper)")
             ctx_lp[e] = [sum(lps) for lps in whole]
@@ -135,6 +138,14 @@ def run(study: Study, dataset: str, spec: EnsembleSpec, items: list[dict],
             break
         t0 = time.perf_counter()
         prefill0 = sum(engines[m].stats.prefill_tokens for m in spec.members)
+        # a row whose next chunk could not fit every member's context window stops here
+        full = [i for i in active if any(len(ctx[m][i]) + spec.chunk_tokens + 8 > engines[m].settings["max_model_len"]
+                                         for m in spec.members)]
+        for i in full:
+            stop_reason[i] = "context_full"
+        active = [i for i in active if i not in set(full)]
+        if not active:
+            break
         # 1-2. propose and clean
         cands: dict[int, list[Candidate]] = {i: [] for i in active}
         for g_idx, g in enumerate(spec.generators):
@@ -156,8 +167,16 @@ def run(study: Study, dataset: str, spec: EnsembleSpec, items: list[dict],
                 for c in cands[i]:
                     piece = engines[e].encode(_piece(thoughts[i], c.text) if c.text else fmts[e].closer)
                     c.ids[e] = piece
+                    if len(ctx[e][i]) + len(piece) > engines[e].settings["max_model_len"]:
+                        c.scores[e] = sequence_score([], spec.scoring)  # does not fit: never preferred
+                        c.logprobs[e] = []
+                        continue
                     pairs.append((ctx[e][i], piece))
                     owners.append((i, c))
+            if spec.scoring == "paper" and rescore_whole:
+                for (i, c), score in zip(owners, engines[e].score(pairs, "paper")):
+                    c.scores[e] = score
+                continue
             for (i, c), lps in zip(owners, engines[e].token_logprobs(pairs, what=f"ensemble step {step} score {e}")):
                 c.logprobs[e] = lps
                 if spec.scoring == "paper":
