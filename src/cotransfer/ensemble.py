@@ -185,7 +185,7 @@ def run(study: Study, dataset: str, spec: EnsembleSpec, items: list[dict],
                         min(-(ctx_lp[e][i] + sum(lps)) / n, 700.0))
                 else:
                     c.scores[e] = sequence_score(lps, "candidate")
-    # 4-6. select, append, stop
+        # 4-6. select, append, stop
         still = []
         for i in active:
             n_steps[i] = step + 1
