@@ -131,3 +131,16 @@ def test_overview_bars_empty_condition_only_and_empty_table(answers, tmp_path):
     only_empty = read_png(overview_bars(cons.filter(condition="empty"), tmp_path / "only_empty.png"))
     assert_drawn(only_empty, 200, 300)
     assert_drawn(read_png(overview_bars(cons.clear(), tmp_path / "none.png")), 100, 300)
+
+
+def test_ensemble_diagnostics_figure(tmp_path):
+    from cotransfer.figures import ensemble_diagnostics
+    from cotransfer.metrics import ENSEMBLE_DIAGNOSTICS_SCHEMA
+
+    diag = pl.DataFrame({"dataset": ["d"] * 4, "ensemble": ["e"] * 4,
+                         "kind": ["generator_wins", "generator_wins", "steps", "stop_reason"],
+                         "label": ["gq", "gd", "10", "ends_thought"], "n": [3, 1, 2, 2],
+                         "share": [0.75, 0.25, 1.0, 1.0]}, schema=ENSEMBLE_DIAGNOSTICS_SCHEMA)
+    for name, df in (("some", diag), ("none", diag.clear())):
+        out = ensemble_diagnostics(df, tmp_path / f"{name}.png")
+        assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 2000

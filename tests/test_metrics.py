@@ -8,6 +8,7 @@ import numpy as np
 import polars as pl
 import pytest
 
+from cotransfer import metrics
 from cotransfer.metrics import (
     BREAKDOWN_CATEGORIES,
     accuracy,
@@ -256,3 +257,19 @@ def test_breakdown_sanity_count_and_empty_group():
     assert (default["n"], default["one_correct"], default["same_diff_correctness"]) == (2, 2, 1)
     transfer = bd.filter(condition="transfer").row(0, named=True)
     assert transfer["n"] == 0 and transfer["share_one_correct"] is None
+
+
+def test_ensemble_diagnostics_counts_wins_steps_stops_and_strip_ratio():
+    steps = pl.DataFrame({"dataset": ["d"] * 5, "ensemble": ["e"] * 5, "item_id": ["a", "a", "b", "b", "b"],
+                          "step": [0, 1, 0, 1, 2], "selected_generator": [0, 1, 1, 1, 0]})
+    rows = pl.DataFrame({"dataset": ["d", "d"], "item_id": ["a", "b"], "cot_source": ["e", "e"],
+                         "n_steps": [2, 3], "stop_reason": ["ends_thought", "max_steps"]})
+    stripped = pl.DataFrame({"dataset": ["d", "d"], "cot_source": ["e", "e"], "char_ratio": [1.0, 0.5]})
+    diag = metrics.ensemble_diagnostics(steps, rows, {"e": ("gq", "gd")}, stripped=stripped)
+    got = {(r["kind"], r["label"]): (r["n"], r["share"]) for r in diag.iter_rows(named=True)}
+    assert got[("generator_wins", "gd")] == (3, 0.6) and got[("generator_wins", "gq")] == (2, 0.4)
+    assert got[("steps", "2")] == (1, 0.5) and got[("steps", "3")] == (1, 0.5)
+    assert got[("stop_reason", "max_steps")] == (1, 0.5)
+    assert got[("strip_char_ratio", "mean")] == (2, 0.75)
+    empty = metrics.ensemble_diagnostics(steps.clear(), rows.clear(), {"e": ("gq",)})
+    assert empty.is_empty() and empty.schema == pl.Schema(metrics.ENSEMBLE_DIAGNOSTICS_SCHEMA)

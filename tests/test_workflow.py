@@ -184,7 +184,10 @@ def test_demo_rerun_of_a_deleted_output_loads_no_model(demo_run):
 
 
 def test_demo_figures_are_pngs(demo_run):
-    for name in ("heatmap", "accuracy", "overview"):
+    diag = pl.read_parquet(demo_run / "results/tables/ensemble_diagnostics.parquet")
+    assert set(diag["kind"]) == {"generator_wins", "steps", "stop_reason", "strip_char_ratio"}
+    assert diag.filter(kind="stop_reason")["n"].sum() == 3  # every item's thought stopped once
+    for name in ("heatmap", "accuracy", "overview", "ensemble"):
         data = (demo_run / f"results/figures/{name}.png").read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
 
@@ -206,7 +209,7 @@ def test_demo_rerun_plans_nothing_and_new_model_computes_only_new_requests(demo_
         # each evaluator's transfer job now has outputs for the new model's CoTs; the new model
         # also reads the ensemble
         "transfer": 3, "transfer_ensemble": 1,
-        "score": 1, "aggregate": 1, "figures": 1, "all": 1,
+        "score": 1, "aggregate": 1, "figures": 1, "all": 1,  # the ensemble and its report stay
     }
     snakemake("--cores", "2", "--configfile", "more.yaml", cwd=demo_run)
     after = pl.read_parquet(demo_run / "results/tables/answers.parquet")

@@ -1,4 +1,5 @@
-"""Figures from the metric tables (method.md §8.4): F1 overview bars, F3 pair heatmaps, F4 accuracy bars.
+"""Figures from the metric tables (method.md §8.4): F1 overview bars, F3 pair heatmaps, F4 accuracy bars,
+F12 ensemble diagnostics.
 
 Every function takes a metric table from `cotransfer.metrics`, writes one PNG atomically (temporary
 file in the destination directory, then rename, through `cotransfer.io.atomic_path`) and returns its
@@ -212,4 +213,29 @@ def overview_bars(consistency_df: pl.DataFrame, out_png: str | os.PathLike) -> P
             ax.set_title(" · ".join(str(p) for p in (ds, variant) if p is not None), fontsize=10)
         row[0].set_ylabel("mean pairwise consistency")
     axes[0][-1].legend(title="definition", fontsize=7, title_fontsize=8)
+    return _save(fig, out_png)
+
+
+def ensemble_diagnostics(diag: pl.DataFrame, out_png: str | os.PathLike) -> Path:
+    """F12: per ensemble (rows), the share of steps won by each generator, the items by step
+    count, and by stop reason (columns), from `metrics.ensemble_diagnostics`."""
+    from matplotlib.figure import Figure
+
+    if diag.is_empty():
+        return _save(_empty_figure("no ensembles"), out_png)
+    groups = diag.select("dataset", "ensemble").unique(maintain_order=True).rows()
+    kinds = [("generator_wins", "share of steps won"), ("steps", "items by step count"),
+             ("stop_reason", "items by stop reason")]
+    fig = Figure(figsize=(12, 3.2 * len(groups)), layout="constrained")
+    axes = fig.subplots(len(groups), len(kinds), squeeze=False)
+    for row, (ds, ens) in zip(axes, groups):
+        for ax, (kind, title) in zip(row, kinds):
+            sub = diag.filter(dataset=ds, ensemble=ens, kind=kind)
+            if kind == "steps":
+                sub = sub.sort(pl.col("label").cast(pl.Int64))
+            ax.bar(range(sub.height), sub["share" if kind == "generator_wins" else "n"].to_numpy())
+            ax.set_xticks(range(sub.height), sub["label"].to_list(), rotation=30, ha="right", fontsize=8)
+            ax.set_title(f"{ds} · {ens}: {title}", fontsize=9)
+            if kind == "generator_wins":
+                ax.set_ylim(0, 1.05)
     return _save(fig, out_png)

@@ -225,3 +225,41 @@ def breakdown(answers: Frame) -> pl.DataFrame:
             .with_columns(pl.when(n > 0).then(pl.col(c) / n).alias(f"share_{c}") for c in BREAKDOWN_CATEGORIES)
             .sort(GROUP_KEYS, nulls_last=True)
             .collect())
+
+
+ENSEMBLE_DIAGNOSTICS_SCHEMA = {"dataset": pl.String, "ensemble": pl.String, "kind": pl.String, "label": pl.String,
+                               "n": pl.Int64, "share": pl.Float64}
+
+
+def ensemble_diagnostics(steps: Frame, rows: Frame, generators: dict[str, tuple[str, ...]],
+                         stripped: Frame | None = None) -> pl.DataFrame:
+    """Figure F12's numbers (method.md section 8.4), one tidy table per (dataset, ensemble):
+
+    - kind `generator_wins`: steps won by each generator (label: its name), share of all steps;
+    - kind `steps`: items by the number of steps their thought took (label: the count);
+    - kind `stop_reason`: items by why their thought stopped;
+    - kind `strip_char_ratio` (given `stripped`): the mean share of characters answer removal kept
+      (label `mean`, n = items, share = the ratio).
+
+    `steps` is an ensemble's step log, `rows` its CoT table (n_steps, stop_reason), `generators`
+    each ensemble's ordered generators (the step log names the winner by index)."""
+    st = (pl.DataFrame(steps) if not isinstance(steps, pl.DataFrame) else steps)
+    r = (pl.DataFrame(rows) if not isinstance(rows, pl.DataFrame) else rows).rename({"cot_source": "ensemble"})
+    out = []
+    if st.height:
+        names = [generators[e][g] for e, g in zip(st["ensemble"], st["selected_generator"])]
+        out.append(st.select("dataset", "ensemble").with_columns(label=pl.Series(names, dtype=pl.String))
+                   .group_by("dataset", "ensemble", "label").len("n").with_columns(kind=pl.lit("generator_wins")))
+    out.append(r.group_by("dataset", "ensemble", pl.col("n_steps").cast(pl.String).alias("label")).len("n")
+               .with_columns(kind=pl.lit("steps")))
+    out.append(r.group_by("dataset", "ensemble", pl.col("stop_reason").alias("label")).len("n")
+               .with_columns(kind=pl.lit("stop_reason")))
+    df = pl.concat([o.select("dataset", "ensemble", "kind", "label", pl.col("n").cast(pl.Int64)) for o in out])
+    df = df.with_columns(share=pl.col("n") / pl.col("n").sum().over("dataset", "ensemble", "kind"))
+    if stripped is not None:
+        sp = (pl.DataFrame(stripped) if not isinstance(stripped, pl.DataFrame) else stripped).rename(
+            {"cot_source": "ensemble"})
+        df = pl.concat([df, sp.group_by("dataset", "ensemble").agg(
+            kind=pl.lit("strip_char_ratio"), label=pl.lit("mean"), n=pl.len().cast(pl.Int64),
+            share=pl.col("char_ratio").mean()).select(df.columns)])
+    return df.cast(ENSEMBLE_DIAGNOSTICS_SCHEMA).sort("dataset", "ensemble", "kind", "label")

@@ -37,6 +37,10 @@ def cot_path(results: str, dataset: str, variant: str, source: str, kind: str) -
     return f"{results}/cots/{dataset}/{variant}/{source}/{kind}.parquet"
 
 
+def ensemble_steps_path(results: str, dataset: str, ensemble: str) -> str:
+    return f"{results}/ensembles/{dataset}/{ensemble}.steps.parquet"
+
+
 def sentences_path(results: str, dataset: str, source: str, kind: str) -> str:
     return f"{results}/sentences/{dataset}/{source}/{kind}.parquet"
 

@@ -377,6 +377,25 @@ def aggregate(study: Study, scored_paths: list[str], out: dict[str, str], prov: 
     io.write_parquet(metrics.accuracy(answers), out["accuracy"], prov)
 
 
+def ensemble_report(study: Study, out_table: str, out_png: str, prov: dict) -> None:
+    """F12's table and figure over every (dataset, ensemble): generator wins, step counts, stop
+    reasons, answer removal's kept share (`metrics.ensemble_diagnostics`)."""
+    from cotransfer import figures as F
+    from cotransfer import metrics, plan
+
+    R = study.results
+    parts = []
+    for d in study.datasets:
+        for e in study.ensembles:
+            table = plan.CotTable(e, "ensemble")
+            parts.append(metrics.ensemble_diagnostics(
+                pl.read_parquet(plan.ensemble_steps_path(R, d, e)), pl.read_parquet(table.cots(R, d)),
+                {e: study.ensembles[e].generators}, stripped=pl.read_parquet(table.stripped(R, d))))
+    diag = pl.concat(parts) if parts else pl.DataFrame(schema=metrics.ENSEMBLE_DIAGNOSTICS_SCHEMA)
+    io.write_parquet(diag, out_table, prov)
+    F.ensemble_diagnostics(diag, out_png)
+
+
 def figures(study: Study, consistency: str, accuracy: str, out: dict[str, str]) -> None:
     from cotransfer import figures as F
 

@@ -51,6 +51,7 @@ localrules:
     score,
     aggregate,
     figures,
+    ensemble_report,
 
 
 if STUDY.strip_method == "rule":
@@ -100,8 +101,20 @@ TABLES = {name: f"{R}/tables/{name}.parquet" for name in ("answers", "consistenc
 FIGURES = {name: f"{R}/figures/{name}.png" for name in ("heatmap", "accuracy", "overview")}
 
 
+ENSEMBLE_REPORT = {"table": f"{R}/tables/ensemble_diagnostics.parquet", "figure": f"{R}/figures/ensemble.png"}
+
+
 def get_final_outputs():
-    return list(TABLES.values()) + list(FIGURES.values())
+    return list(TABLES.values()) + list(FIGURES.values()) + (list(ENSEMBLE_REPORT.values()) if ENSEMBLES else [])
+
+
+def get_ensemble_report_input(wildcards):
+    out = []
+    for d in DATASETS:
+        for e in ENSEMBLES:
+            t = plan.CotTable(e, "ensemble")
+            out += [plan.ensemble_steps_path(R, d, e), t.cots(R, d), t.stripped(R, d)]
+    return out
 
 
 # ---------------------------------------------------------------------------------------------

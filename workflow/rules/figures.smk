@@ -1,4 +1,4 @@
-# figures: consistency heatmaps, accuracy, overview.
+# figures: consistency heatmaps, accuracy, overview; ensemble diagnostics (F12).
 
 
 rule figures:
@@ -13,3 +13,19 @@ rule figures:
         definition=STUDY.consistency_definition,
     script:
         "../scripts/figures.py"
+
+
+if ENSEMBLES:
+
+    rule ensemble_report:
+        input:
+            get_ensemble_report_input,
+        output:
+            table=ENSEMBLE_REPORT["table"],
+            figure=ENSEMBLE_REPORT["figure"],
+        log:
+            "logs/ensemble_report.log",
+        params:
+            code=cotransfer.__version__,
+        script:
+            "../scripts/ensemble_report.py"
