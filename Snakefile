@@ -14,7 +14,7 @@
 #   sentences/{dataset}/{source}/{kind}.parquet               sentence spans of each CoT
 #   ensembles/{dataset}/{ensemble}.steps.parquet              per-step ensemble log
 #   scored/{dataset}.parquet                                  every generation, parsed and scored
-#   tables/{answers,consistency,consistency_summary,accuracy}.parquet
+#   tables/{answers,consistency,consistency_summary,accuracy,ensemble_diagnostics}.parquet
 #   figures/*.png
 # Every Parquet file carries its provenance (`cotransfer audit FILE`).
 
