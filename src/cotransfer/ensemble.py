@@ -21,14 +21,13 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import time
 from dataclasses import dataclass, field
 
 import polars as pl
 
 from cotransfer.config import EnsembleSpec, Sampling, Study
-from cotransfer.engine import Engine, Request, derive_seed, sequence_score
+from cotransfer.engine import Engine, Request, derive_seed, perplexity, sequence_score
 from cotransfer.formats import FORMATS, get_format
 from cotransfer.inference import messages
 from cotransfer.sentences import truncate_to_complete, truncate_to_sentence
@@ -180,9 +179,8 @@ def run(study: Study, dataset: str, spec: EnsembleSpec, items: list[dict],
             for (i, c), lps in zip(owners, engines[e].token_logprobs(pairs, what=f"ensemble step {step} score {e}")):
                 c.logprobs[e] = lps
                 if spec.scoring == "paper":
-                    n = len(ctx[e][i]) + len(lps) - 1
-                    c.scores[e] = sequence_score([], "paper") if n < 1 else math.exp(
-                        min(-(ctx_lp[e][i] + sum(lps)) / n, 700.0))
+                    # every context token but the first, then the candidate's
+                    c.scores[e] = perplexity(ctx_lp[e][i] + sum(lps), len(ctx[e][i]) - 1 + len(lps))
                 else:
                     c.scores[e] = sequence_score(lps, "candidate")
         # 4-6. select, append, stop

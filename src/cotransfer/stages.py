@@ -143,15 +143,25 @@ def _inference_prov(engine, counts: dict | None = None) -> dict:
     return {"output": counts, "job": engine.stats.as_dict()}
 
 
+def _output_prov(prov: dict, output: dict, inputs=None, **extra) -> dict:
+    """The job's provenance narrowed to one of several outputs: which one it is, (if given) only
+    the inputs it was built from, and stage-specific `extra` entries."""
+    doc = {**prov, "output": output}
+    if inputs is not None:
+        keep = {str(p) for p in inputs if p}
+        doc["inputs"] = {n: v for n, v in (prov.get("inputs") or {}).items() if v["path"] in keep}
+    if extra:
+        doc["extra"] = {**(prov.get("extra") or {}), **extra}
+    return doc
+
+
 def _write_outputs(result, outputs: dict[tuple, str], prov: dict, engine, inputs: dict[tuple, list[str]] | None = None) -> None:
     """One table per output of a pooled run, each with its own provenance: the cell it holds,
     how its requests were served, and (if given) only the inputs it was built from."""
     for key, path in outputs.items():
-        doc = {**prov, "output": dict(zip(("condition", "variant", "cot_source"), key))}
-        doc["extra"] = {**(prov.get("extra") or {}), "inference": _inference_prov(engine, result.counts[key])}
-        if inputs is not None:
-            keep = set(inputs[key])
-            doc["inputs"] = {n: v for n, v in (prov.get("inputs") or {}).items() if v["path"] in keep}
+        doc = _output_prov(prov, dict(zip(("condition", "variant", "cot_source"), key)),
+                           inputs[key] if inputs is not None else None,
+                           inference=_inference_prov(engine, result.counts[key]))
         io.write_parquet(result.frames[key], path, doc)
 
 
@@ -173,7 +183,6 @@ def generate(study: Study, dataset: str, model: str, items_path: str, manifest: 
     engine, info = load_engine(study, model, manifest, prov)
     job = Job(study, dataset, model, engine)
     sampled = study.sampling_for(model, "sampled")
-    prov["models"] = {model: _model_prov(info, engine)}
     prov["decoding"] = {"decoding": asdict(study.decoding_for(dataset)), "greedy": asdict(GREEDY),
                         "sampled": asdict(sampled)}
     units = (prefill_units(job, items, None, condition="empty", variant=None, cot_source=None)
@@ -181,7 +190,7 @@ def generate(study: Study, dataset: str, model: str, items_path: str, manifest: 
              + free_units(job, items, "sampled", sampled, study.decoding.n_samples))
     result = run(job, units, shard_size=study.engine.get("shard_size"), what=f"generate {dataset}/{model}")
     keys = {"empty": ("empty", None, None), "default": ("default", "full", None), "sampled": ("sampled", "full", None)}
-    prov["models"] = {model: _model_prov(info, engine)}  # now with the load time, if it loaded
+    prov["models"] = {model: _model_prov(info, engine)}  # after the run: with the load time, if it loaded
     _write_outputs(result, {keys[c]: out[c] for c in keys}, prov, engine)
     cot_prov = {**prov, "extra": {**(prov.get("extra") or {}), "inference": _inference_prov(engine)}}
     io.write_parquet(cots_from_generations(result[keys["default"]], model), out["cot_default"], cot_prov)
@@ -259,8 +268,7 @@ def split(study: Study, dataset: str, group: str, declared: list[str], prov: dic
                 rows.append({"dataset": r["dataset"], "item_id": r["item_id"], "sample": r["sample"],
                              "cot_source": r["cot_source"], "sentence_idx": s.index,
                              "char_start": s.start, "char_end": s.end, "text": s.text})
-        doc = {**prov, "output": {"source": t.source, "kind": t.kind},
-               "inputs": {n: v for n, v in (prov.get("inputs") or {}).items() if v["path"] == t.cots(R, dataset)}}
+        doc = _output_prov(prov, {"source": t.source, "kind": t.kind}, [t.cots(R, dataset)])
         io.write_parquet(pl.DataFrame(rows, schema=schema), t.sentences(R, dataset), doc)
 
 
@@ -327,9 +335,8 @@ def strip(study: Study, dataset: str, group: str, items_path: str, declared: lis
             rows.append({**{c: r[c] for c in ("dataset", "item_id", "sample", "cot_source")}, "cot": res.text,
                          "n_in": res.n_in, "n_out": res.n_out, "char_ratio": res.char_ratio,
                          "status": res.status, "answer_still_present": res.answer_still_present})
-        keep = {items_path, manifest, t.cots(R, dataset), t.sentences(R, dataset), t.generations(R, dataset)}
-        doc = {**prov, "output": {"source": t.source, "kind": t.kind},
-               "inputs": {n: v for n, v in (prov.get("inputs") or {}).items() if v["path"] in keep}}
+        doc = _output_prov(prov, {"source": t.source, "kind": t.kind},
+                           [items_path, manifest, t.cots(R, dataset), t.sentences(R, dataset), t.generations(R, dataset)])
         io.write_parquet(pl.DataFrame(rows, schema=schema), t.stripped(R, dataset), doc)
 
 

@@ -25,7 +25,6 @@ RES = STUDY.resources
 MODELS = list(STUDY.models)
 ENSEMBLES = list(STUDY.ensembles)
 DATASETS = list(STUDY.datasets)
-VARIANTS = ["full", "stripped"]
 
 
 def _alt(names):
