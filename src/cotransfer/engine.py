@@ -143,13 +143,14 @@ class Engine:
         self.score_prefix_cache = score_prefix_cache  # False: every scoring pass from scratch
         self._llm = None
         self.cache = None
+        # what its results depend on: the weights, the backend and its version, dtype and tp
+        self.identity = {"weights": weights or {"path": str(model_path)}, "backend": backend,
+                         "backend_version": self.settings["backend_version"], "dtype": dtype,
+                         "tensor_parallel_size": tensor_parallel_size}
         if cache_dir is not None:
             from cotransfer.cache import RequestCache
 
-            identity = {"weights": weights or {"path": str(model_path)}, "backend": backend,
-                        "backend_version": self.settings["backend_version"], "dtype": dtype,
-                        "tensor_parallel_size": tensor_parallel_size}
-            self.cache = RequestCache(cache_dir, identity, label=name, prov=prov)
+            self.cache = RequestCache(cache_dir, self.identity, label=name, prov=prov)
             self.settings["cache"] = str(self.cache.dir)
 
     @property
@@ -304,30 +305,59 @@ class Engine:
         if missing:
             from vllm.inputs import TokensPrompt
 
-            def call(ks, read_cache: bool):
+            def call(ks, read_cache: bool, salt: str | None = None):
                 # no detokenizing: the rows of prefix-cached positions hold no real token ids
                 params = self._sampling_params(Request("", 1, GREEDY), prompt_logprobs=0, detokenize=False,
                                                flat_logprobs=True,  # no Python object per prompt position
                                                skip_reading_prefix_cache=not read_cache)
-                ids = [list(todo[k][0]) + list(todo[k][1]) for k in ks]
-                return llm.generate([TokensPrompt(prompt_token_ids=x) for x in ids], params, use_tqdm=False)
+                prompts = []
+                for k in ks:
+                    p = TokensPrompt(prompt_token_ids=list(todo[k][0]) + list(todo[k][1]))
+                    if salt:
+                        p["cache_salt"] = salt
+                    prompts.append(p)
+                return llm.generate(prompts, params, use_tqdm=False)
 
-            retry = []
-            for k, out in zip(missing, call(missing, self.score_prefix_cache)):
-                ctx, cand = todo[k]
-                cached = out.num_cached_tokens or 0
-                if cached > len(ctx) - 1:
-                    retry.append(k)
-                    continue
-                prefilled += len(ctx) + len(cand) - cached
-                result[k] = _candidate_logprobs(out, ctx, cand)
-            for k, out in zip(retry, call(retry, False) if retry else []):
-                ctx, cand = todo[k]
-                prefilled += len(ctx) + len(cand)
-                result[k] = _candidate_logprobs(out, ctx, cand)
+            def take(ks, outs) -> list[str]:
+                """Keep the results whose cache hit stopped before the candidate; return the others."""
+                nonlocal prefilled
+                failed = []
+                for k, out in zip(ks, outs):
+                    ctx, cand = todo[k]
+                    cached = out.num_cached_tokens or 0
+                    if cached > len(ctx) - 1:
+                        failed.append(k)
+                        continue
+                    prefilled += len(ctx) + len(cand) - cached
+                    result[k] = _candidate_logprobs(out, ctx, cand)
+                return failed
+
+            # A one-token context gains nothing from the cache (any hit reaches into the candidate).
+            direct = [k for k in missing if len(todo[k][0]) <= 1 or not self.score_prefix_cache]
+            skip = set(direct)
+            first = [k for k in missing if k not in skip]
+            retry = take(first, call(first, True)) if first else []
             if retry:
-                log.info("%s: %d of %d pairs re-sent without the prefix cache (it reached into the candidate)",
-                         what, len(retry), len(missing))
+                # The cache reached into a candidate: a sibling sharing the context and the
+                # candidate's first tokens up to a block boundary was computed first. Send each
+                # such pair again in a salted prefix-cache namespace, at most one pair per context
+                # per namespace (so siblings cannot meet again there). A namespace keeps its
+                # contexts from step to step, so a retry too prefills only what is new there.
+                rounds: dict[int, list[str]] = {}
+                per_ctx: dict[tuple, int] = {}
+                for k in retry:
+                    c = tuple(todo[k][0])
+                    per_ctx[c] = per_ctx.get(c, 0) + 1
+                    rounds.setdefault(per_ctx[c], []).append(k)
+                for r, ks in sorted(rounds.items()):
+                    direct += take(ks, call(ks, True, salt=f"cotransfer-logprobs-{r}"))
+                log.info("%s: %d of %d pairs re-sent in %d salted namespaces (the prefix cache reached into "
+                         "the candidate)", what, len(retry), len(missing), len(rounds))
+            if direct:  # whole sequences, without reading the prefix cache
+                for k, out in zip(direct, call(direct, False)):
+                    ctx, cand = todo[k]
+                    prefilled += len(ctx) + len(cand)
+                    result[k] = _candidate_logprobs(out, ctx, cand)
             if self.cache is not None:
                 self.cache.put([{"key": k, "kind": "logprobs", "logprobs": result[k],
                                  "n_prompt": len(todo[k][0]) + len(todo[k][1])} for k in missing], what=what)

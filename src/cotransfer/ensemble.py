@@ -19,13 +19,17 @@ chunk (`context_full`).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import shutil
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import polars as pl
 
+from cotransfer import io
 from cotransfer.config import EnsembleSpec, Sampling, Study
 from cotransfer.engine import Engine, Request, derive_seed, perplexity, sequence_score
 from cotransfer.formats import FORMATS, get_format
@@ -97,8 +101,83 @@ def join(thought: str, piece: str) -> str:
     return f"{thought} {piece}".strip() if thought else piece.strip()
 
 
+class StepLog:
+    """The ensemble's append-only step log: one JSON file per finished step, written atomically,
+    so a killed job continues from its last finished step.
+
+    `start.json` holds what the run starts from (the contexts' own log-likelihoods in `paper`
+    scoring); `step-NNNNN.json` what one step changed: its step-table rows, each grown row's new
+    ids per member, log-likelihood per evaluator and text, and the rows' stop bookkeeping. Floats
+    round-trip exactly through JSON, so a resumed run continues bit for bit. `meta.json` carries
+    a fingerprint of everything the CoTs depend on (spec, seed, items and their prompts, each
+    member's weights and backend); a log with another fingerprint is discarded.
+    """
+
+    def __init__(self, directory: str | Path, fingerprint: str):
+        self.dir = Path(directory)
+        self.fingerprint = fingerprint
+
+    def open(self) -> tuple[dict | None, list[dict]]:
+        """The start record and the finished steps (contiguous from 0); empty if none or stale."""
+        meta = self.dir / "meta.json"
+        if self.dir.exists():
+            try:
+                same = json.loads(meta.read_text()).get("fingerprint") == self.fingerprint
+            except (OSError, ValueError):
+                same = False
+            if not same:
+                log.info("ensemble step log %s belongs to another configuration: starting over", self.dir)
+                shutil.rmtree(self.dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        if not meta.exists():
+            io.write_json(meta, {"fingerprint": self.fingerprint})
+        start = self._read(self.dir / "start.json")
+        steps = []
+        while start is not None and (rec := self._read(self.dir / f"step-{len(steps):05d}.json")) is not None:
+            steps.append(rec)
+        return start, steps
+
+    @staticmethod
+    def _read(path: Path) -> dict | None:
+        try:
+            return json.loads(path.read_text())
+        except FileNotFoundError:
+            return None
+        except ValueError as err:  # atomic writes make this unexpected; never trust a bad record
+            log.warning("ensemble step log: ignoring unreadable %s (%s)", path, err)
+            return None
+
+    def write_start(self, record: dict) -> None:
+        io.write_text(self.dir / "start.json", json.dumps(record))
+
+    def append(self, step: int, record: dict) -> None:
+        io.write_text(self.dir / f"step-{step:05d}.json", json.dumps(record))
+
+    def remove(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def step_log_dir(out_steps: str | Path) -> Path:
+    """Where the ensemble job writing `out_steps` keeps its step log while it runs."""
+    out = Path(out_steps)
+    return out.with_name(out.name.removesuffix(".parquet") + ".log")
+
+
+def fingerprint(study: Study, dataset: str, spec: EnsembleSpec, items: list[dict],
+                engines: dict[str, Engine], rescore_whole: bool = False) -> str:
+    """What an ensemble run's CoTs depend on (the step log's key)."""
+    blob = json.dumps({"version": ENSEMBLE_VERSION, "dataset": dataset, "spec": spec.params(),
+                       "seed": study.decoding.seed, "rescore_whole": rescore_whole,
+                       "members": {m: {"identity": engines[m].identity, "family": study.model(m).family,
+                                       "prompt_kwargs": study.model(m).prompt_kwargs()} for m in spec.members},
+                       "items": [[it["item_id"], messages(it)] for it in items]},
+                      sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
 def run(study: Study, dataset: str, spec: EnsembleSpec, items: list[dict],
-        engines: dict[str, Engine], *, rescore_whole: bool = False) -> tuple[pl.DataFrame, pl.DataFrame]:
+        engines: dict[str, Engine], *, rescore_whole: bool = False,
+        step_log: str | Path | None = None) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Build the ensembled thought for every item; return (row table, step log).
 
     Every model's context is kept as token ids: its rendered prompt, then each selected piece
@@ -109,6 +188,8 @@ def run(study: Study, dataset: str, spec: EnsembleSpec, items: list[dict],
     candidate's token log-probabilities are exactly the context's new positions).
     `rescore_whole` scores every `paper` candidate over its whole sequence instead, as the
     original did: the reference the carried sums are checked against (tests, benchmark).
+    `step_log`, a directory: every finished step is recorded there (`StepLog`), and a re-run
+    continues from the last one; the caller removes it once the outputs are written.
     """
     sampling = Sampling(temperature=spec.temperature, top_p=spec.top_p, top_k=spec.top_k)
     fmts = {m: get_format(study.model(m).family) for m in spec.members}
@@ -119,37 +200,72 @@ def run(study: Study, dataset: str, spec: EnsembleSpec, items: list[dict],
         ctx[m] = [list(engines[m].encode(p)) for p in prompts[m]]
     prompt_len = {m: [len(c) for c in ctx[m]] for m in spec.members}
     thoughts = ["" for _ in items]
-    # paper scoring: sum of the log-probabilities of every context token but the first
-    ctx_lp: dict[str, list[float]] = {}
-    if spec.scoring == "paper" and not rescore_whole:
-        for e in spec.evaluators:
-            whole = engines[e].token_logprobs([(c[:1], c[1:]) for c in ctx[e]], what="ensemble prompts (paper)")
-            ctx_lp[e] = [sum(lps) for lps in whole]
     active = list(range(len(items)))
     empty_streak = [0] * len(items)
     stop_reason: dict[int, str] = {}
     n_steps = [0] * len(items)
     step_rows: list[dict] = []
     primary = spec.generators[0]
+    book = None
+    start, done = None, []
+    if step_log is not None:
+        book = StepLog(step_log, fingerprint(study, dataset, spec, items, engines, rescore_whole))
+        start, done = book.open()
+    # paper scoring: sum of the log-probabilities of every context token but the first
+    ctx_lp: dict[str, list[float]] = {}
+    if spec.scoring == "paper" and not rescore_whole:
+        if start is not None:
+            ctx_lp = {e: list(v) for e, v in start["ctx_lp"].items()}
+        else:
+            for e in spec.evaluators:
+                whole = engines[e].token_logprobs([(c[:1], c[1:]) for c in ctx[e]], what="ensemble prompts (paper)")
+                ctx_lp[e] = [sum(lps) for lps in whole]
+    if book is not None and start is None:
+        book.write_start({"ctx_lp": ctx_lp})
 
-    for step in range(spec.max_steps):
+    def advance(rec: dict) -> None:
+        """Apply one step's record (the same code for a fresh step and a replayed one)."""
+        nonlocal active
+        for i, g in rec["grown"].items():
+            i = int(i)
+            for m in spec.members:
+                ctx[m][i] += g["ids"][m]
+                if m in ctx_lp:
+                    ctx_lp[m][i] += g["lp"][m]
+            thoughts[i] = join(thoughts[i], g["text"])
+        step_rows.extend(rec["rows"])
+        stop_reason.update({int(i): r for i, r in rec["stopped"].items()})
+        for i, n in rec["empty_streak"].items():
+            empty_streak[int(i)] = n
+        for i in rec["stepped"]:
+            n_steps[i] = rec["step"] + 1
+        active = list(rec["active"])
+
+    for rec in done:
+        advance(rec)
+    if done:
+        log.info("ensemble %s: resumed after step %d from %s (%d rows still active)",
+                 spec.name, done[-1]["step"], book.dir, len(active))
+
+    for step in range(len(done), spec.max_steps):
         if not active:
             break
         t0 = time.perf_counter()
         prefill0 = sum(engines[m].stats.prefill_tokens for m in spec.members)
+        rec = {"step": step, "rows": [], "grown": {}, "stopped": {}, "empty_streak": {}, "stepped": []}
         # a row whose next chunk could not fit every member's context window stops here
         full = [i for i in active if any(len(ctx[m][i]) + spec.chunk_tokens + 8 > engines[m].settings["max_model_len"]
                                          for m in spec.members)]
         for i in full:
-            stop_reason[i] = "context_full"
-        active = [i for i in active if i not in set(full)]
-        if not active:
-            break
+            rec["stopped"][i] = "context_full"
+        live = [i for i in active if i not in set(full)] if full else list(active)
         # 1-2. propose and clean
-        cands: dict[int, list[Candidate]] = {i: [] for i in active}
+        cands: dict[int, list[Candidate]] = {i: [] for i in live}
         for g_idx, g in enumerate(spec.generators):
+            if not live:
+                break
             reqs, owners = [], []
-            for i in active:
+            for i in live:
                 for s in range(spec.candidates):
                     seed = derive_seed(study.decoding.seed, dataset, spec.name, items[i]["item_id"], step, g_idx, s)
                     reqs.append(Request(prompts[g][i] + thoughts[i], spec.chunk_tokens, sampling, seed,
@@ -162,7 +278,7 @@ def run(study: Study, dataset: str, spec: EnsembleSpec, items: list[dict],
         # 3. score with every evaluator, on its own context ids plus the candidate's
         for e in spec.evaluators:
             pairs, owners = [], []
-            for i in active:
+            for i in live:
                 for c in cands[i]:
                     piece = engines[e].encode(_piece(thoughts[i], c.text) if c.text else fmts[e].closer)
                     c.ids[e] = piece
@@ -172,6 +288,8 @@ def run(study: Study, dataset: str, spec: EnsembleSpec, items: list[dict],
                         continue
                     pairs.append((ctx[e][i], piece))
                     owners.append((i, c))
+            if not pairs:
+                continue
             if spec.scoring == "paper" and rescore_whole:
                 for (i, c), score in zip(owners, engines[e].score(pairs, "paper")):
                     c.scores[e] = score
@@ -185,27 +303,26 @@ def run(study: Study, dataset: str, spec: EnsembleSpec, items: list[dict],
                     c.scores[e] = sequence_score(lps, "candidate")
         # 4-6. select, append, stop
         still = []
-        for i in active:
-            n_steps[i] = step + 1
+        for i in live:
+            rec["stepped"].append(i)
             if not cands[i]:
-                empty_streak[i] += 1
-                if empty_streak[i] >= MAX_EMPTY_STEPS:
-                    stop_reason[i] = "no_candidates"
+                rec["empty_streak"][i] = empty_streak[i] + 1
+                if empty_streak[i] + 1 >= MAX_EMPTY_STEPS:
+                    rec["stopped"][i] = "no_candidates"
                 else:
                     still.append(i)
                 continue
-            empty_streak[i] = 0
+            rec["empty_streak"][i] = 0
             best = select(cands[i], spec.scoring)
+            cum = len(ctx[primary][i]) - prompt_len[primary][i]
             if best.text:
                 piece = _piece(thoughts[i], best.text)
-                for m in spec.members:  # every context grows by the same piece, encoded once per model
-                    ids = best.ids.get(m) or engines[m].encode(piece)
-                    ctx[m][i] += ids
-                    if m in ctx_lp:
-                        ctx_lp[m][i] += sum(best.logprobs[m])
-                thoughts[i] = join(thoughts[i], best.text)
-            cum = len(ctx[primary][i]) - prompt_len[primary][i]
-            step_rows.append({
+                # every context grows by the same piece, encoded once per model
+                ids = {m: best.ids.get(m) or engines[m].encode(piece) for m in spec.members}
+                rec["grown"][i] = {"ids": ids, "text": best.text,
+                                   "lp": {m: sum(best.logprobs[m]) for m in ctx_lp}}
+                cum += len(ids[primary])
+            rec["rows"].append({
                 "dataset": dataset, "ensemble": spec.name, "item_id": items[i]["item_id"], "step": step,
                 "candidates": json.dumps([{"generator": spec.generators[c.generator], "sample": c.sample,
                                            "raw": c.raw, "text": c.text, "ends_thought": c.ends_thought,
@@ -215,12 +332,15 @@ def run(study: Study, dataset: str, spec: EnsembleSpec, items: list[dict],
                 "wall_s": time.perf_counter() - t0,
             })
             if best.ends_thought:
-                stop_reason[i] = "ends_thought"
+                rec["stopped"][i] = "ends_thought"
             elif cum >= spec.thinking_cap:
-                stop_reason[i] = "thinking_cap"
+                rec["stopped"][i] = "thinking_cap"
             else:
                 still.append(i)
-        active = still
+        rec["active"] = still
+        if book is not None:
+            book.append(step, rec)
+        advance(json.loads(json.dumps(rec)) if book is not None else rec)
         prefilled = sum(engines[m].stats.prefill_tokens for m in spec.members) - prefill0
         log.info("ensemble %s step %d: %d rows still active; %d tokens prefilled for scoring",
                  spec.name, step, len(active), prefilled)

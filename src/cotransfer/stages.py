@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -238,11 +239,13 @@ def ensemble(study: Study, dataset: str, name: str, items_path: str, manifests: 
     for m in spec.members:  # every member resident at once, each loaded at most once
         engines[m], infos[m] = load_engine(study, m, manifests[m], prov)
     prov["decoding"] = {"ensemble": spec.params(), "seed": study.decoding.seed}
-    rows, steps = ens.run(study, dataset, spec, items, engines)
+    step_log = ens.step_log_dir(out_steps)
+    rows, steps = ens.run(study, dataset, spec, items, engines, step_log=step_log)
     prov["models"] = {m: _model_prov(infos[m], engines[m]) for m in spec.members}
     prov.setdefault("extra", {})["inference"] = {m: engines[m].stats.as_dict() for m in spec.members}
     io.write_parquet(steps, out_steps, prov)
     io.write_parquet(rows, out_cots, prov)
+    shutil.rmtree(step_log, ignore_errors=True)  # the outputs hold everything it recorded
 
 
 # --------------------------------------------------------------------------------------------

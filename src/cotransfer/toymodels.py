@@ -153,7 +153,8 @@ def _model(tok, params: dict, initializer_range: float):
     cfg = Qwen2Config(
         vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden,
         num_hidden_layers=int(params.get("num_layers", 2)), num_attention_heads=int(params.get("num_heads", 2)),
-        num_key_value_heads=1, head_dim=int(params.get("head_dim", 32)), max_position_embeddings=2048,
+        num_key_value_heads=1, head_dim=int(params.get("head_dim", 32)),
+        max_position_embeddings=int(params.get("max_positions", 2048)),
         tie_word_embeddings=True, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
         bos_token_id=None, torch_dtype="float32", initializer_range=initializer_range,
     )
