@@ -2,7 +2,9 @@
 pure parts of the filter model's index mode."""
 
 import random
+from pathlib import Path
 
+import polars as pl
 import pytest
 
 from cotransfer.sentences import Sentence, split
@@ -14,6 +16,7 @@ from cotransfer.strip import (
     has_answer_cue,
     parse_filter_output,
     rebuild,
+    stated_answer,
     states_answer,
     strip_rule,
     strip_with_drops,
@@ -289,3 +292,35 @@ def test_filter_round_trip():
 
 def test_version_is_a_string():
     assert isinstance(STRIP_VERSION, str) and STRIP_VERSION
+
+
+def test_stated_answer_is_the_last_standalone_number():
+    assert stated_answer("4+2=6. 6*5=0. 0*3=0.") == "0"
+    assert stated_answer("6 - 1 -> 5; 5 - 9 -> 4 ; 4 - 7 -> 7;") == "7"
+    assert stated_answer("eGFR is about 72.35 mL/min.") == "72.35"
+    assert stated_answer("no numbers here") is None and stated_answer(None) is None
+
+
+def test_rule_strips_an_ensemble_thought_by_the_answer_it_states(tmp_path, demo_config):
+    """An ensemble's thought has no answer phase: the rule method removes what the thought itself
+    concludes (numeric datasets), so its stripped variant differs from the full one."""
+    from cotransfer import plan, stages
+    from cotransfer.config import Study, validate
+
+    demo_config["study"]["results"] = str(tmp_path / "results")
+    study = Study.from_dict(validate(demo_config))
+    R, d = study.results, "toyarith"
+    (ens,) = study.ensembles
+    table = plan.CotTable(ens, "ensemble")
+    items = tmp_path / "items.parquet"
+    pl.DataFrame({"item_id": ["t0", "t1"], "system": [None, None], "user": ["q0", "q1"], "gold": ["0", "5"],
+                  "meta": ["{}", "{}"]}).write_parquet(items)
+    Path(table.cots(R, d)).parent.mkdir(parents=True)
+    pl.DataFrame({"dataset": [d, d], "item_id": ["t0", "t1"], "sample": [0, 0], "cot_source": [ens, ens],
+                  "cot": ["4+2=6. 6*5=0. 0*3=0.", "6 - 1 -> 5. 5 - 9 -> 4. 4 - 7 -> 7."],
+                  "stop_reason": ["ends_thought"] * 2, "n_steps": [3, 3]}).write_parquet(table.cots(R, d))
+    stages.split(study, d, "ensembles", [table.sentences(R, d)], {})
+    stages.strip(study, d, "ensembles", str(items), [table.stripped(R, d)], {})
+    out = pl.read_parquet(table.stripped(R, d))
+    assert out["cot"].to_list() == ["4+2=6.", "6 - 1 -> 5. 5 - 9 -> 4."]
+    assert out["answer_still_present"].to_list() == [False, False]

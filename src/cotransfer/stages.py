@@ -294,6 +294,7 @@ def strip(study: Study, dataset: str, group: str, items_path: str, declared: lis
     """
     from cotransfer import plan
     from cotransfer import strip as S
+    from cotransfer.datasets import get_adapter
     from cotransfer.scoring import score_generations
     from cotransfer.sentences import Sentence
 
@@ -308,10 +309,12 @@ def strip(study: Study, dataset: str, group: str, items_path: str, declared: lis
             spans.setdefault((r["item_id"], r["sample"]), []).append(
                 Sentence(r["sentence_idx"], r["char_start"], r["char_end"], r["text"]))
         answers: dict[tuple[str, int], str | None] = {}
+        recs = list(pl.read_parquet(t.cots(R, dataset)).iter_rows(named=True))
         if t.generations(R, dataset):  # the source's own parsed answer: what the rule method removes
             scored = score_generations(study.datasets[dataset], items, pl.read_parquet(t.generations(R, dataset)))
             answers = {(i, s): a for i, s, a in scored.select("item_id", "sample", "answer").iter_rows()}
-        recs = list(pl.read_parquet(t.cots(R, dataset)).iter_rows(named=True))
+        elif get_adapter(study.datasets[dataset].adapter).numeric_answers:  # no answer phase (an ensemble)
+            answers = {(r["item_id"], r["sample"]): S.stated_answer(r["cot"]) for r in recs}
         prepared.append((recs, [(r["item_id"], r["sample"]) for r in recs], spans, answers))
     engine = None
     if study.strip_method == "llm":

@@ -244,6 +244,14 @@ def strip_with_drops(cot: str, drop: Iterable[int], joiner: str = " ", answer: s
     return StripResult(text, kept, dropped, len(sents), len(kept), ratio, status, present)
 
 
+def stated_answer(thought: str | None) -> str | None:
+    """The answer a thought states on its own, for a numeric dataset: its last standalone number
+    (None if it has none). The rule method's answer for a thought with no answer phase of its own
+    (an ensemble's), where a model's CoT uses the answer the model gave after it."""
+    found = _NUMBER.findall(thought or "")
+    return found[-1] if found else None
+
+
 def strip_rule(cot: str, answer: str | None, joiner: str = " ", *,
                sentences: Sequence[Sentence] | None = None) -> StripResult:
     """Rule-based answer removal: drop every sentence that states the final answer.

@@ -58,6 +58,9 @@ class DatasetAdapter:
     version: ClassVar[str] = "0"
     #: whether `fetch` needs the network (then the pipeline runs it as a local rule)
     remote: ClassVar[bool] = False
+    #: whether answers are numbers, so that a thought's last number is the answer it states
+    #: (answer removal's rule method for a thought with no answer phase, e.g. an ensemble's)
+    numeric_answers: ClassVar[bool] = False
 
     def __init__(self, spec: "DatasetSpec"):
         self.spec = spec

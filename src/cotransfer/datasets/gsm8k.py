@@ -206,6 +206,7 @@ def _table_files(raw: Path, config: str, split: str) -> list[Path]:
 
 @register("gsm8k")
 class GSM8K(DatasetAdapter):
+    numeric_answers = True
     version = "1"
     remote = True
 

@@ -432,6 +432,7 @@ def read_table(path: Path) -> pl.DataFrame:
 
 @register("medcalc")
 class MedCalc(DatasetAdapter):
+    numeric_answers = True
     version = "1"
     remote = True
 

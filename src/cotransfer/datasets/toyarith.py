@@ -59,6 +59,7 @@ def make_item(rng: random.Random, steps: int, modulus: int) -> tuple[str, int, l
 
 @register("toyarith")
 class ToyArith(DatasetAdapter):
+    numeric_answers = True
     version = "1"
 
     def load(self, raw: Path | None = None) -> pl.DataFrame:
