@@ -72,3 +72,56 @@ def test_sampling_override_per_model(paper_config):
     assert study.sampling_for("nrr", "sampled").top_p == 1.0
     assert study.sampling_for("qwq", "default").greedy
     assert study.ensembles["qwq_oss__dapo"].members == ("qwq", "oss", "dapo")
+
+
+def _preference(**sources):
+    return {"ratings": "tests/fixtures/ratings_demo.csv",
+            "sources": sources or {
+                "transfer_dapo": {"condition": "transfer", "cot_source": "toy_dapo", "variant": "stripped",
+                                  "dataset": "toyarith"},
+                "ensemble_qwq_dapo__opent": {"condition": "ensemble", "cot_source": "qwq_dapo__opent",
+                                             "variant": "full", "dataset": "toyarith"},
+            }}
+
+
+def test_preference_is_optional_and_typed(demo_config):
+    assert Study.from_dict(validate(demo_config)).preference is None
+    assert "preference" not in demo_config  # no default is filled in
+    demo_config["preference"] = _preference()
+    pref = Study.from_dict(validate(demo_config)).preference
+    assert pref.ratings == "tests/fixtures/ratings_demo.csv"
+    assert [s.label for s in pref.sources] == ["transfer_dapo", "ensemble_qwq_dapo__opent"]
+    assert pref.source_map() == {
+        "transfer_dapo": {"condition": "transfer", "cot_source": "toy_dapo", "variant": "stripped",
+                          "dataset": "toyarith"},
+        "ensemble_qwq_dapo__opent": {"condition": "ensemble", "cot_source": "qwq_dapo__opent",
+                                     "variant": "full", "dataset": "toyarith"},
+    }
+
+
+_SRC = {"condition": "transfer", "cot_source": "toy_dapo", "variant": "stripped", "dataset": "toyarith"}
+
+
+@pytest.mark.parametrize(
+    "preference, named",
+    [
+        ({"sources": {"x": _SRC}}, "preference: 'ratings' is a required property"),
+        ({"ratings": "r.csv"}, "preference: 'sources' is a required property"),
+        ({"ratings": "r.csv", "sources": {}}, "preference.sources"),
+        ({"ratings": "", "sources": {"x": _SRC}}, "preference.ratings"),
+        ({**_preference(), "colour": 1}, "preference.colour"),
+        (_preference(x={**_SRC, "condition": "sampled"}), "preference.sources.x.condition"),
+        (_preference(x={**_SRC, "variant": "both"}), "preference.sources.x.variant"),
+        (_preference(x={**_SRC, "colour": "red"}), "preference.sources.x.colour"),
+        (_preference(x={k: v for k, v in _SRC.items() if k != "dataset"}), "preference.sources.x: 'dataset'"),
+        (_preference(x={**_SRC, "dataset": "medcalc"}), "preference.sources.x.dataset: unknown dataset 'medcalc'"),
+        (_preference(x={**_SRC, "cot_source": "ghost"}), "preference.sources.x.cot_source: 'ghost' is not a model"),
+        (_preference(x={**_SRC, "cot_source": "qwq_dapo__opent"}), "preference.sources.x.cot_source"),
+        (_preference(x={**_SRC, "condition": "ensemble"}), "preference.sources.x.cot_source: 'toy_dapo' is not an ensemble"),
+    ],
+)
+def test_bad_preference_names_the_key(demo_config, preference, named):
+    demo_config["preference"] = preference
+    with pytest.raises(ConfigError) as err:
+        validate(demo_config)
+    assert named in str(err.value)

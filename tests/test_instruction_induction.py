@@ -227,3 +227,48 @@ def test_meta_may_be_a_dict():
     it["meta"] = json.loads(it["meta"])
     assert adapter().parse_and_score("Write the bigger animal of the two", it).correct
 
+
+def test_score_is_the_similarity():
+    a = adapter()
+    assert a.parse_and_score("The instruction is: write the bigger animal of the two.", item()).score == 1.0
+    assert a.parse_and_score("Output the animal with the longer name.", item()).score == 0.0
+    assert a.parse_and_score("ok", item()).score == 0.0  # invalid: 0, not null
+    no_gold = {"item_id": "larger_animal:1", "gold": "", "meta": {"task": "larger_animal", "annotations": []}}
+    s = a.parse_and_score("Write the bigger animal", no_gold)
+    assert (s.valid, s.correct, s.score) == (True, None, None)  # cannot be judged
+
+
+def test_item_ids_name_their_task():
+    items = adapter().load(FIXTURES)
+    for r in items.iter_rows(named=True):
+        meta = json.loads(r["meta"])
+        assert r["item_id"] == ii.item_id(meta["task"], meta["example_id"])
+        assert ii.task_of(r["item_id"]) == meta["task"]
+    assert ii.task_of("translation_en-fr:12") == "translation_en-fr"
+
+
+def test_task_names_with_the_separator_are_refused(tmp_path):
+    import shutil
+
+    (tmp_path / "induce").mkdir()
+    (tmp_path / "annotations").mkdir()
+    shutil.copy(FIXTURES / "induce" / "larger_animal.json", tmp_path / "induce" / "a:b.json")
+    shutil.copy(FIXTURES / "annotations" / "larger_animal.json", tmp_path / "annotations" / "a:b.json")
+    with pytest.raises(ValueError, match="task names may not contain ':'"):
+        adapter().load(tmp_path)
+
+
+def test_scored_rows_have_score_and_no_category():
+    import polars as pl
+
+    from cotransfer.scoring import score_generations
+
+    items = adapter().load(FIXTURES)
+    ids = items["item_id"].to_list()[:3]
+    gens = pl.DataFrame({"item_id": ids, "answer_text": [
+        "The instruction is: " + items["gold"][0], "Reverse the word.", "ok"]})
+    scored = score_generations(spec(), items, gens)
+    assert scored["score"].to_list() == [1.0, 0.0, 0.0]
+    assert scored["correct"].to_list() == [True, False, False]
+    assert scored["category"].to_list() == [None] * 3 and scored.schema["category"] == pl.String
+

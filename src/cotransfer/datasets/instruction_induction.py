@@ -30,8 +30,13 @@ the task's annotations by the similarity backend that `options.similarity` names
 `embedding` (sentence-embedding cosine) or `bertscore` (the method's BERTScore F1, max over the
 annotations, idf from the task's gold list, which every item carries); correct means the score
 reaches `similarity_threshold`. `Scored.answer` is the normalized answer whatever the backend, so
-consistency compares the same strings. The score itself is not kept by `Scored`: the method's
-accuracy, the mean F1 over a task's items, is an aggregation step's job.
+consistency compares the same strings, and `Scored.score` is the similarity itself (0 for an
+invalid answer, null when no annotation is left to judge by): the method's accuracy, the mean
+F1 over a task's items, is the mean of that column. The pairwise consistency of 8.3 is
+`cotransfer.ii_metrics.ii_consistency`, over the answers table.
+
+Item ids are `<task>:<example id>` (`item_id`); `task_of` reads the task back from one, which is
+how the metrics group items by task (the answers table does not carry the items' meta).
 
 Options: `tasks` (list), `per_task` (default 5), `commit` (40-hex sha, required for download),
 `repo` (default orhonovich/instruction-induction), `induce_path` and `annotations_path` (paths in
@@ -68,6 +73,17 @@ DOWNLOAD_TIMEOUT_S = 60
 PROMPT_HEAD = ("I gave a friend an instruction and five inputs. The friend read the instruction and "
                "wrote an output for every one of the inputs.\nHere are the input-output pairs:\n\n")
 PROMPT_TAIL = "\n\nThe instruction was"
+TASK_SEPARATOR = ":"
+
+
+def item_id(task: str, example_id: str) -> str:
+    """The id of a task's example: `<task>:<example id>` (task names hold no separator)."""
+    return f"{task}{TASK_SEPARATOR}{example_id}"
+
+
+def task_of(item_id: str) -> str:
+    """The task an item id names (the inverse of `item_id`)."""
+    return item_id.partition(TASK_SEPARATOR)[0]
 
 
 def build_prompt(demonstrations: list[tuple[str, str]]) -> str:
@@ -231,6 +247,9 @@ class InstructionInduction(DatasetAdapter):
         missing = [t for t in tasks if not (raw / "induce" / f"{t}.json").is_file()]
         if missing or not tasks:
             raise FileNotFoundError(f"{raw / 'induce'}: no task file for {missing or 'any task'}")
+        bad = [t for t in tasks if TASK_SEPARATOR in t]
+        if bad:  # the item id would not name its task unambiguously
+            raise ValueError(f"{raw / 'induce'}: task names may not contain {TASK_SEPARATOR!r}: {bad}")
         k = int(self.spec.opts.get("per_task", PER_TASK))
         rows = []
         for task in tasks:
@@ -242,7 +261,7 @@ class InstructionInduction(DatasetAdapter):
             chosen = sorted(random.Random(self.spec.seed).sample(ids, k), key=_numeric)
             for ex_id in chosen:
                 rows.append({
-                    "item_id": f"{task}:{ex_id}",
+                    "item_id": item_id(task, ex_id),
                     "system": None,
                     "user": prompt_of(examples[ex_id], f"{task}.json example {ex_id}"),
                     "gold": annotations[0],
@@ -253,7 +272,9 @@ class InstructionInduction(DatasetAdapter):
     def parse_and_score(self, answer_text: str | None, item: dict) -> Scored:
         """Normalize, then judge against the annotations with the similarity backend (see above).
 
-        `correct` is None only when no annotation survives normalization (nothing to judge by).
+        `score` is the backend's similarity (best over the annotations); `correct` is it reaching
+        the threshold. Both are None only when no annotation survives normalization (nothing to
+        judge by); an invalid answer scores 0.
         """
         answer = normalize_instruction(answer_text if isinstance(answer_text, str) else None)
         if len(answer) < MIN_ANSWER_CHARS:
@@ -263,4 +284,4 @@ class InstructionInduction(DatasetAdapter):
             meta = json.loads(meta)
         golds = meta.get("annotations") or ([item["gold"]] if item.get("gold") else [])
         match = self.similarity.match(answer, [normalize_instruction(str(g)) for g in golds])
-        return Scored(answer, True, match.correct, "ok")
+        return Scored(answer, True, match.correct, "ok", match.score if match.correct is not None else None)

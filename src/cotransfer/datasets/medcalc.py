@@ -520,3 +520,8 @@ class MedCalc(DatasetAdapter):
             return Scored(None, False, False, "unknown_calculator")
         return score_answer(answer_text, cid, item.get("gold"), _number(meta.get("lower")),
                             _number(meta.get("upper")))
+
+    def category(self, item: dict) -> str | None:
+        """The row's MedCalc-Bench `Category` (lab, risk, physical, ...), which `load` keeps in meta."""
+        category = _meta(item).get("category")
+        return str(category) if category not in (None, "") else None
