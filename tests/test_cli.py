@@ -123,3 +123,84 @@ def test_cache_stats_of_a_config_whose_cache_is_off(tmp_path, capsys):
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
     with pytest.raises(SystemExit, match="turns the request cache off"):
         main(["cache", "stats", "--config", str(tmp_path / "c.yaml")])
+
+
+def _metrics_answers() -> pl.DataFrame:
+    """A small answers table of the demo's models: empty, default, transfer and the demo ensemble."""
+    rows = []
+    models = ["toy_dapo", "toy_opent", "toy_qwq"]
+    groups = [("empty", None, None), ("default", "full", None), ("transfer", "full", "toy_qwq"),
+              ("ensemble", "full", "qwq_dapo__opent")]
+    for g, (condition, variant, source) in enumerate(groups):
+        for m, model in enumerate(models):
+            for i in range(6):
+                right = (i + m + g) % 3 != 0
+                rows.append(("toyarith", str(i), condition, variant, source, model, 0,
+                             str(i) if right else str(10 + m), True, right))
+    return pl.DataFrame(rows, schema={"dataset": pl.String, "item_id": pl.String, "condition": pl.String,
+                                      "variant": pl.String, "cot_source": pl.String, "evaluator": pl.String,
+                                      "sample": pl.Int64, "answer": pl.String, "valid": pl.Boolean,
+                                      "correct": pl.Boolean}, orient="row")
+
+
+def test_metrics_writes_every_table_with_provenance(tmp_path, capsys):
+    from cotransfer.metrics import TABLES
+
+    src = io.write_parquet(_metrics_answers(), tmp_path / "answers.parquet", io.provenance(rule="aggregate"))
+    out = tmp_path / "tables"
+    assert main(["metrics", str(src), "-o", str(out), "--bootstrap", "30", "--seed", "3",
+                 "--permutations", "20"]) == 0
+    printed = capsys.readouterr().out
+    assert "ci_low" in printed and "ensemble" in printed and f"{len(TABLES)} tables -> {out}" in printed
+    for name in TABLES:
+        assert (out / f"{name}.parquet").exists(), name
+        prov = io.read_provenance(out / f"{name}.parquet")
+        assert prov["rule"] == "cli:metrics" and prov["extra"] == {"bootstrap": 30, "seed": 3, "permutations": 20}
+        assert prov["inputs"]["answers"]["sha256"] is not None
+    summary = pl.read_parquet(out / "consistency_summary.parquet")
+    assert summary["ci_low"].null_count() == 0
+    cons = pl.read_parquet(out / "consistency.parquet")
+    assert set(cons["definition"]) == {"paper", "strict"}
+    # without --config: no ensemble involvement, no post-training tags
+    assert pl.read_parquet(out / "involvement.parquet").filter(condition="ensemble").is_empty()
+    assert pl.read_parquet(out / "post_training.parquet")["post_training"].null_count() > 0
+    capsys.readouterr()
+    assert main(["audit", str(out / "accuracy.parquet")]) == 0
+    assert "rule aggregate" in capsys.readouterr().out  # follows the input
+
+
+def test_metrics_reads_ensembles_and_tags_from_the_config(tmp_path, capsys):
+    src = tmp_path / "answers.parquet"
+    _metrics_answers().write_parquet(src)
+    out = tmp_path / "tables"
+    config = ROOT / "config/demo.yaml"
+    assert main(["metrics", str(src), "-o", str(out), "--bootstrap", "0", "--config", str(config)]) == 0
+    inv = pl.read_parquet(out / "involvement.parquet")
+    creators = inv.filter(condition="ensemble", version="creator")["creators"].unique().to_list()
+    assert creators == ["toy_dapo,toy_opent,toy_qwq"]
+    assert inv.filter(condition="ensemble", version="source")["creators"].unique().to_list() == ["toy_dapo,toy_qwq"]
+    post = pl.read_parquet(out / "post_training.parquet")
+    assert post["post_training"].unique().to_list() == ["sft"]
+    assert io.read_provenance(out / "involvement.parquet")["config_sha256"] is not None
+    assert pl.read_parquet(out / "accuracy.parquet")["ci_low"].null_count() > 0  # --bootstrap 0: no CIs
+
+
+@pytest.mark.parametrize("case", ["not_parquet", "missing_columns", "no_file", "duplicate_keys"])
+def test_metrics_bad_input_is_one_clear_line(tmp_path, capsys, case):
+    path = tmp_path / "answers.parquet"
+    if case == "not_parquet":
+        path.write_text("dataset,item_id\nd,1\n")
+    elif case == "missing_columns":
+        _metrics_answers().drop("valid", "correct").write_parquet(path)
+    elif case == "duplicate_keys":
+        df = _metrics_answers()
+        pl.concat([df, df.head(1)]).write_parquet(path)
+    out = tmp_path / "tables"
+    assert main(["metrics", str(path), "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert err.startswith("cotransfer metrics: ")
+    expected = {"not_parquet": "not a Parquet file", "missing_columns": "lacks columns ['valid', 'correct']",
+                "no_file": "no such file", "duplicate_keys": "duplicate keys"}[case]
+    assert expected in err
+    assert not out.exists()

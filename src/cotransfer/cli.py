@@ -1,5 +1,5 @@
-"""The `cotransfer` command: audit lineage, compute consistency, re-score, show and trim the
-request cache, validate a config, train the demo's toy models."""
+"""The `cotransfer` command: audit lineage, compute consistency or every metric table, re-score,
+show and trim the request cache, validate a config, train the demo's toy models."""
 
 from __future__ import annotations
 
@@ -74,6 +74,54 @@ def cmd_consistency(args) -> int:
     io.write_parquet(df, args.output, io.provenance(rule="cli:consistency", inputs=[args.answers],
                                                     extra={"definition": args.definition}))
     print(f"{df.height} evaluator pairs -> {args.output}")
+    return 0
+
+
+def cmd_metrics(args) -> int:
+    """Every metric table of an answers table (`metrics.all_tables`) as DIR/<table>.parquet."""
+    import polars as pl
+    import pyarrow.parquet as pq
+
+    from cotransfer import io, metrics
+
+    def fail(msg: str) -> int:
+        print(f"cotransfer metrics: {msg}", file=sys.stderr)
+        return 2
+
+    path = Path(args.answers)
+    if not path.is_file():
+        return fail(f"{path}: no such file")
+    try:
+        pq.read_schema(path)
+    except Exception as e:  # pyarrow raises ArrowInvalid (and others) for a file that is not Parquet
+        return fail(f"{path}: not a Parquet file ({str(e).splitlines()[0] if str(e) else type(e).__name__})")
+    ensembles = tags = config = None
+    if args.config:
+        from cotransfer.config import ConfigError, load
+
+        try:
+            study = load(args.config)
+        except (ConfigError, OSError) as e:
+            return fail(f"{args.config}: {e}")
+        ensembles = {name: (e.generators, e.evaluators) for name, e in study.ensembles.items()}
+        tags = {name: m.post_training for name, m in study.all_models.items()}
+        config = study.raw
+    try:
+        tables = metrics.all_tables(pl.scan_parquet(path), ensembles=ensembles, tags=tags,
+                                    bootstrap=args.bootstrap, seed=args.seed, permutations=args.permutations)
+    except (ValueError, pl.exceptions.PolarsError) as e:
+        return fail(f"{path}: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}")
+    inputs = {"answers": str(path), **({"config": str(args.config)} if args.config else {})}
+    prov = io.provenance(rule="cli:metrics", config=config, inputs=inputs,
+                         extra={"bootstrap": args.bootstrap, "seed": args.seed, "permutations": args.permutations})
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, df in tables.items():
+        io.write_parquet(df, out / f"{name}.parquet", prov)
+    with pl.Config(tbl_rows=-1, tbl_cols=-1, tbl_width_chars=200, tbl_hide_dataframe_shape=True,
+                   tbl_hide_column_data_types=True, float_precision=3):
+        print(tables["consistency_summary"])
+    print(f"{len(tables)} tables -> {out}/ ({', '.join(tables)})")
     return 0
 
 
@@ -224,6 +272,18 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--definition", choices=["paper", "strict"], default="paper")
     c.add_argument("-o", "--output", required=True)
     c.set_defaults(fn=cmd_consistency)
+
+    m = sub.add_parser("metrics", help="every metric table of an answers table (consistency, accuracy, "
+                                       "breakdown, self-consistency, transitions, involvement, ...)")
+    m.add_argument("answers", help="the answers table (Parquet), e.g. results/tables/answers.parquet")
+    m.add_argument("-o", "--output", required=True, metavar="DIR", help="writes DIR/<table>.parquet")
+    m.add_argument("--bootstrap", type=int, default=1000, metavar="B",
+                   help="bootstrap resamples over items for the CIs (0: no CIs; default 1000)")
+    m.add_argument("--permutations", type=int, default=1000, metavar="P",
+                   help="permutations of the paired consistency tests (0: no p-values; default 1000)")
+    m.add_argument("--seed", type=int, default=0, help="seed of the bootstrap and the permutations (default 0)")
+    m.add_argument("--config", help="the study's config: ensembles (involvement) and post_training tags")
+    m.set_defaults(fn=cmd_metrics)
 
     s = sub.add_parser("score", help="re-score generations without re-running inference")
     s.add_argument("kind", help="dataset adapter name (medcalc, instruction_induction, toyarith, ...)")
