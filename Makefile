@@ -31,6 +31,9 @@ $(STAMP): pyproject.toml
 demo: setup
 	$(BIN)/snakemake --cores $(CORES)
 
+report: demo
+	$(BIN)/snakemake --report results/report.html
+
 test: setup
 	$(BIN)/python -m pytest
 

@@ -14,8 +14,10 @@
 #   sentences/{dataset}/{source}/{kind}.parquet               sentence spans of each CoT
 #   ensembles/{dataset}/{ensemble}.steps.parquet              per-step ensemble log
 #   scored/{dataset}.parquet                                  every generation, parsed and scored
-#   tables/{answers,consistency,consistency_summary,accuracy,ensemble_diagnostics}.parquet
-#   figures/*.png
+#   tables/{answers,consistency,consistency_summary,accuracy,accuracy_category,breakdown,
+#          self_consistency,transitions,involvement,post_training,paired_tests,
+#          ensemble_diagnostics}.parquet                     the study's findings (method.md 8)
+#   figures/*.{png,pdf}, figures/figures.json                 F1-F12; `snakemake --report` for the report
 # Every Parquet file carries its provenance (`cotransfer audit FILE`).
 
 from snakemake.utils import min_version
@@ -24,6 +26,9 @@ min_version("9.0")
 
 if not workflow.overwrite_configfiles:  # a --configfile replaces the demo instead of merging into it
     configfile: "config/demo.yaml"
+
+report: "report/workflow.rst"
+
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"

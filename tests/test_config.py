@@ -25,7 +25,7 @@ def test_defaults_are_filled(demo_config):
     validate(demo_config)
     assert demo_config["models"]["rand"]["toy"] == {"seed": 3, "hidden_size": 64, "num_layers": 2, "num_heads": 2,
                                                     "head_dim": 32, "vocab_size": 512, "opens_thinking": False}
-    assert demo_config["consistency"] == {"definition": "paper"}
+    assert demo_config["consistency"] == {"definition": "paper", "bootstrap": 1000, "permutations": 1000}
 
 
 @pytest.mark.parametrize(

@@ -551,7 +551,14 @@ def test_report_captions_render():
     core = pytest.importorskip("docutils.core")
     report = Path(__file__).resolve().parents[1] / "report"
     stems = set(F.FIGURES.values()) | {s for extra in F.EXTRA_STEMS.values() for s in extra}
-    assert {p.stem for p in report.glob("*.rst")} == stems | {"workflow"}
+    tables = {"consistency_summary", "accuracy_table", "figures_listing"}  # the report's table items
+    assert {p.stem for p in report.glob("*.rst")} == stems | tables | {"workflow"}
+    from cotransfer.plan import figures_planned
+    from cotransfer.config import Study, validate
+    from conftest import load_yaml
+
+    planned = figures_planned(Study.from_dict(validate(load_yaml("config/demo.yaml"))))
+    assert {s.removesuffix("_strict") for s in planned} <= stems  # every figure the rule can declare has one
     env = jinja2.Environment(trim_blocks=True, lstrip_blocks=True)  # as snakemake's report
     params = {"n_items": "100 (medcalc)", "n_pairs": 10, "n_evaluators": 5, "n_sources": 5, "n_ensembles": 2,
               "n_samples": 1}

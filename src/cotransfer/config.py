@@ -301,6 +301,8 @@ class Study:
     strip_model: str | None
     strip_joiner: str
     consistency_definition: str
+    metrics_bootstrap: int = 1000  # consistency.bootstrap: resamples over items per CI
+    metrics_permutations: int = 1000  # consistency.permutations: per paired consistency test
     engine: dict = field(default_factory=dict)
     preference: PreferenceSpec | None = None
     raw: dict = field(default_factory=dict, repr=False, compare=False)
@@ -431,6 +433,8 @@ class Study:
             strip_model=strip_model,
             strip_joiner=strip.get("joiner", " "),
             consistency_definition=(c.get("consistency") or {}).get("definition", "paper"),
+            metrics_bootstrap=int((c.get("consistency") or {}).get("bootstrap", 1000)),
+            metrics_permutations=int((c.get("consistency") or {}).get("permutations", 1000)),
             engine=dict(c.get("engine") or {}),
             preference=cls._preference(c, models, ensembles, datasets),
             raw=c,

@@ -120,3 +120,40 @@ def cot_tables(study: Study, group: str) -> list[CotTable]:
     if group == "ensembles":
         return [CotTable(e, "ensemble") for e in study.ensembles]
     raise ValueError(f"unknown CoT group {group!r}; known: {COT_GROUPS}")
+
+
+# -- the study's findings -----------------------------------------------------------------------
+
+#: the metric tables of `metrics.all_tables`, one Parquet file each under results/tables/
+METRIC_TABLES = ("consistency", "consistency_summary", "accuracy", "accuracy_category", "breakdown",
+                 "self_consistency", "transitions", "involvement", "post_training", "paired_tests")
+#: the human-preference tables (`preference.analyze`), only with `preference:` in the config
+PREFERENCE_TABLES = ("preference_means", "preference_tests", "preference_correlation", "preference_points")
+
+
+def ii_datasets(study: Study) -> list[str]:
+    """The Instruction Induction datasets (consistency by similarity, method.md section 8.3)."""
+    return [d for d, spec in study.datasets.items() if spec.adapter == "instruction_induction"]
+
+
+def figures_planned(study: Study) -> dict[str, str | None]:
+    """Every figure file stem of method.md section 8.4 (`figures.render_all`): None where the
+    config gives it data, else the reason it is not drawn. The figures rule declares the first
+    kind as outputs (PNG and PDF each); the report's front page lists the second."""
+    twins = lambda stem: (stem, f"{stem}_strict")  # noqa: E731
+    plan: dict[str, str | None] = {}
+    for stem in (*twins("overview"), *twins("consistency"), *twins("heatmap"), "accuracy", "accuracy_transfer",
+                 "breakdown", "transitions", *twins("involvement")):
+        plan[stem] = None
+    sampled = None if study.decoding.n_samples >= 1 else "no Sampled condition (decoding.n_samples is 0)"
+    plan.update(dict.fromkeys(twins("self_consistency"), sampled))
+    tags = {m.post_training for m in study.models.values()}
+    plan.update(dict.fromkeys(twins("post_training"), None if len(tags) >= 2 else
+                              f"one post-training tag only ({', '.join(sorted(tags))}): nothing to compare"))
+    plan["user_study"] = None if study.preference else "no ratings file (config key preference)"
+    ii = None if ii_datasets(study) else "no Instruction Induction dataset"
+    plan.update(dict.fromkeys(twins("ii_consistency"), ii))
+    plan["ii_accuracy"] = ii
+    plan.update(dict.fromkeys(twins("ii_tasks"), ii or "per-task Instruction Induction consistency is not computed yet"))
+    plan["ensemble"] = None if study.ensembles else "no ensembles"
+    return plan

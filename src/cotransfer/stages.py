@@ -378,22 +378,49 @@ def score(study: Study, dataset: str, items_path: str, generation_paths: list[st
 
 
 def aggregate(study: Study, scored_paths: list[str], out: dict[str, str], prov: dict) -> None:
-    from cotransfer import metrics
+    """The answers table and every metric table (`metrics.all_tables`, method.md section 8), plus
+    CSV copies of the condition summary and accuracy for the report."""
+    from cotransfer import ii_metrics, metrics, plan
     from cotransfer.scoring import ANSWER_COLUMNS
+    from cotransfer.similarity import get_backend
 
-    answers = pl.concat([pl.read_parquet(p) for p in scored_paths], how="vertical")
+    answers = pl.concat([pl.read_parquet(p) for p in scored_paths], how="diagonal_relaxed")
+    lacking = [c for c in ANSWER_COLUMNS if c not in answers.columns]
+    if lacking:
+        raise ValueError(f"the scored tables {scored_paths} lack the columns {lacking} (written by an older "
+                         f"cotransfer): re-score them with `snakemake -R score`")
     answers = answers.select(ANSWER_COLUMNS + [c for c in answers.columns if c not in ANSWER_COLUMNS])
-    cons = pl.concat([metrics.consistency(answers, definition=d) for d in ("paper", "strict")])
     io.write_parquet(answers, out["answers"], prov)
-    io.write_parquet(cons, out["consistency"], prov)
-    io.write_parquet(metrics.condition_summary(cons), out["consistency_summary"], prov)
-    io.write_parquet(metrics.accuracy(answers), out["accuracy"], prov)
+    ii = plan.ii_datasets(study)
+    tables = metrics.all_tables(
+        answers, ensembles={e: (s.generators, s.evaluators) for e, s in study.ensembles.items()},
+        tags={m: spec.post_training for m, spec in study.models.items()},
+        bootstrap=study.metrics_bootstrap, permutations=study.metrics_permutations, seed=study.decoding.seed,
+        similarity={d: get_backend(study.datasets[d].opts, where=f"datasets.{d}.options") for d in ii} or None,
+        ii_consistency=ii_metrics.ii_consistency if ii else None, ii_datasets=ii)
+    prov.setdefault("extra", {})["metrics"] = {"bootstrap": study.metrics_bootstrap,
+                                              "permutations": study.metrics_permutations,
+                                              "seed": study.decoding.seed}
+    for name in plan.METRIC_TABLES:
+        io.write_parquet(tables[name], out[name], prov)
+    for name in ("consistency_summary", "accuracy"):  # what the report shows as tables
+        io.write_text(out[f"{name}_csv"], tables[name].write_csv(float_precision=4))
 
 
-def ensemble_report(study: Study, out_table: str, out_png: str, prov: dict) -> None:
-    """F12's table and figure over every (dataset, ensemble): generator wins, step counts, stop
-    reasons, answer removal's kept share (`metrics.ensemble_diagnostics`)."""
-    from cotransfer import figures as F
+def preference(study: Study, summary: str, accuracy: str, out: dict[str, str], prov: dict) -> None:
+    """The human-preference analysis (method.md section 8.2) of the configured ratings file."""
+    from cotransfer import preference as P
+
+    spec = study.preference
+    tables = P.analyze(P.load_ratings(spec.ratings), pl.read_parquet(summary), pl.read_parquet(accuracy),
+                       source_map=spec.source_map(), bootstrap=study.metrics_bootstrap, seed=study.decoding.seed)
+    for name, df in tables.items():
+        io.write_parquet(df, out[name], prov)
+
+
+def ensemble_report(study: Study, out_table: str, prov: dict) -> None:
+    """F12's table over every (dataset, ensemble): generator wins, step counts, stop reasons,
+    answer removal's kept share (`metrics.ensemble_diagnostics`); the figures rule draws it."""
     from cotransfer import metrics, plan
 
     R = study.results
@@ -406,14 +433,29 @@ def ensemble_report(study: Study, out_table: str, out_png: str, prov: dict) -> N
                 {e: study.ensembles[e].generators}, stripped=pl.read_parquet(table.stripped(R, d))))
     diag = pl.concat(parts) if parts else pl.DataFrame(schema=metrics.ENSEMBLE_DIAGNOSTICS_SCHEMA)
     io.write_parquet(diag, out_table, prov)
-    F.ensemble_diagnostics(diag, out_png)
 
 
-def figures(study: Study, consistency: str, accuracy: str, out: dict[str, str]) -> None:
+def figures(study: Study, tables: dict[str, str], out_dir: str, declared: list[str]) -> None:
+    """Every figure of method.md section 8.4 the tables support (`figures.render_all`), PNG and
+    PDF, and figures/figures.json saying why any other is missing. Fails, naming the figures and
+    the reasons, when a figure the rule declared (`plan.figures_planned`) could not be drawn."""
     from cotransfer import figures as F
+    from cotransfer import plan
+    from cotransfer.datasets.instruction_induction import task_of
 
-    cons = pl.read_parquet(consistency).filter(pl.col("definition") == study.consistency_definition)
-    F.consistency_heatmaps(cons, out["heatmap"])
-    F.accuracy_chart(pl.read_parquet(accuracy), out["accuracy"])
-    F.overview_bars(cons, out["overview"])
-
+    frames = {name: pl.read_parquet(path) for name, path in tables.items()}
+    ii = plan.ii_datasets(study)
+    if ii and "answers" in frames:  # F11's per-task accuracy, from the answers' scores
+        a = frames.pop("answers").filter(pl.col("dataset").is_in(ii))
+        frames["ii_task_accuracy"] = (
+            a.with_columns(task=pl.col("item_id").map_elements(task_of, return_dtype=pl.String))
+            .group_by("dataset", "condition", "variant", "cot_source", "task", "evaluator")
+            .agg(accuracy=pl.col("score").fill_null(0.0).mean()))
+    frames.pop("answers", None)
+    result = F.render_all(frames, out_dir, ii_datasets=ii)
+    written = {str(Path(p)) for v in result.values() if isinstance(v, list) for p in v}
+    missing = sorted(p for p in declared if str(Path(p)) not in written)
+    if missing:
+        reasons = {fid: why for fid, why in result.items() if isinstance(why, str)}
+        raise RuntimeError(f"figures: {len(missing)} declared figure files were not drawn ({missing[:6]}); "
+                           f"reasons given: {reasons}")

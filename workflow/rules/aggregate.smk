@@ -1,4 +1,5 @@
-# aggregate: the answers table (architecture.md contract) and the metric tables.
+# aggregate: the answers table (architecture.md contract) and every metric table (method.md
+# section 8), with CSV copies of the condition summary and accuracy for the report.
 
 
 rule aggregate:
@@ -6,9 +7,30 @@ rule aggregate:
         get_scored(),
     output:
         **TABLES,
+        consistency_summary_csv=report(REPORT_TABLES["consistency_summary_csv"], caption=f"{REPORT_DIR}/consistency_summary.rst",
+                                       category="0 tables"),
+        accuracy_csv=report(REPORT_TABLES["accuracy_csv"], caption=f"{REPORT_DIR}/accuracy_table.rst", category="0 tables"),
     log:
-        "logs/aggregate.log",
+        f"logs/aggregate.log",
     params:
         code=cotransfer.__version__,
+        metrics={"bootstrap": STUDY.metrics_bootstrap, "permutations": STUDY.metrics_permutations},
     script:
         "../scripts/aggregate.py"
+
+
+if STUDY.preference:
+
+    rule preference:
+        input:
+            ratings=STUDY.preference.ratings,
+            summary=TABLES["consistency_summary"],
+            accuracy=TABLES["accuracy"],
+        output:
+            **PREFERENCE_TABLES,
+        log:
+            "logs/preference.log",
+        params:
+            code=cotransfer.__version__,
+        script:
+            "../scripts/preference.py"

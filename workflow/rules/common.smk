@@ -96,15 +96,56 @@ def strip_outputs(group):
     return [t.stripped(R, "{dataset}") for t in plan.cot_tables(STUDY, group)]
 
 
-TABLES = {name: f"{R}/tables/{name}.parquet" for name in ("answers", "consistency", "consistency_summary", "accuracy")}
-FIGURES = {name: f"{R}/figures/{name}.png" for name in ("heatmap", "accuracy", "overview")}
+TABLES = {name: f"{R}/tables/{name}.parquet" for name in ("answers", *plan.METRIC_TABLES)}
+REPORT_TABLES = {f"{name}_csv": f"{R}/tables/{name}.csv" for name in ("consistency_summary", "accuracy")}
+PREFERENCE_TABLES = ({name: f"{R}/tables/{name}.parquet" for name in plan.PREFERENCE_TABLES}
+                     if STUDY.preference else {})
+ENSEMBLE_TABLE = f"{R}/tables/ensemble_diagnostics.parquet"
+REPORT_DIR = str(Path(workflow.basedir) / "report")  # the report's captions
+FIGURES_PLANNED = plan.figures_planned(STUDY)
+FIGURE_STEMS = [stem for stem, why in FIGURES_PLANNED.items() if why is None]
+FIGURE_CATEGORY = {"overview": "1 consistency", "consistency": "1 consistency", "heatmap": "1 consistency",
+                   "breakdown": "1 consistency", "accuracy": "2 accuracy", "accuracy_transfer": "2 accuracy",
+                   "self_consistency": "3 self-consistency", "transitions": "4 transitions",
+                   "involvement": "5 creator involvement", "post_training": "6 post-training",
+                   "user_study": "7 user study", "ii_consistency": "8 instruction induction",
+                   "ii_tasks": "8 instruction induction", "ii_accuracy": "8 instruction induction",
+                   "ensemble": "9 ensemble diagnostics"}
 
 
-ENSEMBLE_REPORT = {"table": f"{R}/tables/ensemble_diagnostics.parquet", "figure": f"{R}/figures/ensemble.png"}
+def figure_outputs():
+    """The figures rule's outputs: each planned figure's PNG (in the report, with its caption;
+    a strict twin shares its paper figure's caption) and PDF, and the listing."""
+    out = {"listing": report(f"{R}/figures/figures.json", caption=f"{REPORT_DIR}/figures_listing.rst",
+                             category="0 tables")}
+    for stem in FIGURE_STEMS:
+        base = stem.removesuffix("_strict")
+        out[stem] = report(f"{R}/figures/{stem}.png", caption=f"{REPORT_DIR}/{base}.rst",
+                           category=FIGURE_CATEGORY[base], subcategory=stem)
+        out[f"{stem}_pdf"] = f"{R}/figures/{stem}.pdf"
+    return out
+
+
+def figure_caption_params():
+    """Counts the report's captions quote (report/*.rst)."""
+    n_eval = len(MODELS)
+    return {"n_items": ", ".join(f"{s.n_items} ({d})" for d, s in STUDY.datasets.items()),
+            "n_pairs": n_eval * (n_eval - 1) // 2, "n_evaluators": n_eval, "n_sources": len(MODELS),
+            "n_ensembles": len(ENSEMBLES), "n_samples": STUDY.decoding.n_samples}
+
+
+def get_figure_tables(wildcards):
+    tables = {name: TABLES[name] for name in ("answers", *plan.METRIC_TABLES)}
+    tables.update(PREFERENCE_TABLES)
+    if ENSEMBLES:
+        tables["ensemble_diagnostics"] = ENSEMBLE_TABLE
+    return tables
 
 
 def get_final_outputs():
-    return list(TABLES.values()) + list(FIGURES.values()) + (list(ENSEMBLE_REPORT.values()) if ENSEMBLES else [])
+    figures = [str(p) for p in figure_outputs().values()]  # plain paths: the report flag belongs to the figures rule
+    return ([*TABLES.values(), *REPORT_TABLES.values(), *PREFERENCE_TABLES.values(), *figures]
+            + ([ENSEMBLE_TABLE] if ENSEMBLES else []))
 
 
 def get_ensemble_report_input(wildcards):

@@ -2,5 +2,4 @@ from cotransfer import io, stages
 from cotransfer.config import Study
 
 stages.setup_logging(snakemake.log[0])
-stages.ensemble_report(Study.from_dict(snakemake.config), snakemake.output.table, snakemake.output.figure,
-                       io.provenance_from_snakemake(snakemake))
+stages.ensemble_report(Study.from_dict(snakemake.config), snakemake.output.table, io.provenance_from_snakemake(snakemake))
