@@ -182,3 +182,32 @@ def test_embedding_backend_end_to_end(embedding, monkeypatch):
     assert len(pairs) == len({frozenset(p) for p in pairs})
     assert {frozenset(p) for p in pairs} == {frozenset(p) for p in [(BIG, BIG), (BIG, PICK), (REV, REV), (OUT, OUT),
                                                                       (REV, REVW), (REVW, REVW), (BIG, LARGER)]}
+
+
+def test_the_pipeline_metric_step_uses_the_configured_embedding_backend(embedding, demo_config):
+    """End to end through the aggregate step's metric call (`stages.metric_tables`): a config with
+    an Instruction Induction dataset on the `embedding` backend gets §8.3 consistency for it (the
+    graded similarity, not equality), while the toy dataset keeps the §8.1 rule; both land in one
+    consistency table, and accuracy is the mean score."""
+    from cotransfer import stages
+    from cotransfer.config import Study, validate
+
+    demo_config["datasets"]["ii"] = {
+        "adapter": "instruction_induction", "path": "unused.json", "seed": 0,
+        "options": {"similarity": "embedding", "similarity_threshold": 0.5, "similarity_device": "cpu",
+                    "similarity_model": str(embedding.model)}}
+    study = Study.from_dict(validate(demo_config))
+    toy = pl.DataFrame({"dataset": "toyarith", "item_id": ["t0", "t0"], "condition": "empty", "variant": None,
+                        "cot_source": None, "evaluator": ["e1", "e2"], "sample": 0, "answer": ["4", "5"],
+                        "valid": True, "correct": [True, False], "score": [1.0, 0.0], "category": None},
+                       schema_overrides={"variant": pl.String, "cot_source": pl.String, "category": pl.String,
+                                         "sample": pl.Int64})
+    ii = answers().with_columns(score=pl.when(pl.col("valid")).then(0.75).otherwise(0.0))
+    tables = stages.metric_tables(study, pl.concat([toy, ii.select(toy.columns)]), bootstrap=0, permutations=0, seed=0)
+    cons = tables["consistency"]
+    paper = as_dict(cons.filter(pl.col("dataset") == "ii"), "paper")
+    assert 0.5 < paper[("empty", None, None, "e1", "e2")][1] < 1.0  # graded similarity
+    assert as_dict(cons.filter(pl.col("dataset") == "ii"), "strict") == approx(EXACT)
+    assert cons.filter(dataset="toyarith", definition="paper")["consistency"].to_list() == [0.0]
+    acc = tables["accuracy"].filter(dataset="ii", condition="empty", evaluator="e1")
+    assert acc["accuracy"].item() == pytest.approx(0.75)  # the mean score, not a thresholded boolean

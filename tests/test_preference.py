@@ -425,3 +425,38 @@ def test_demo_fixture_analysis_shapes():
     assert corr.height == 8 and corr["criterion"].unique(maintain_order=True).to_list() == list(CRITERIA)
     assert (corr["pearson_r"] > 0).all()  # the recipe rates the weak model's CoTs lowest
     assert ((corr["ci_low"] <= corr["pearson_r"] + 1e-12) & (corr["pearson_r"] <= corr["ci_high"] + 1e-12)).all()
+
+
+def test_the_preference_rule_writes_its_four_tables_with_provenance(tmp_path, demo_config):
+    """The workflow's preference step (`stages.preference`): the config's `preference` key, the
+    ratings file and the aggregate's summary and accuracy tables in; four tables out, each with
+    its provenance, the scatter's points carrying the pipeline's numbers for each source."""
+    from cotransfer import io, stages
+    from cotransfer.config import Study, validate
+
+    sources = {"transfer_dapo": ("transfer", "toy_dapo"), "transfer_opent": ("transfer", "toy_opent"),
+               "transfer_weak": ("transfer", "toy_weak"), "ensemble_qwq_dapo__opent": ("ensemble", "qwq_dapo__opent")}
+    demo_config["preference"] = {"ratings": str(FIXTURE), "sources": {
+        label: {"condition": c, "cot_source": s, "variant": "stripped", "dataset": "toyarith"}
+        for label, (c, s) in sources.items()}}
+    study = Study.from_dict(validate(demo_config))
+    means = {"toy_dapo": 0.5, "toy_opent": 0.4, "toy_weak": 0.2, "qwq_dapo__opent": 0.6}
+    summary = pl.DataFrame([{"dataset": "toyarith", "condition": c, "variant": "stripped", "cot_source": s,
+                             "definition": d, "n_pairs": 6, "mean": means[s] if d == "paper" else 0.0}
+                            for c, s in sources.values() for d in ("paper", "strict")])
+    accuracy = pl.DataFrame([{"dataset": "toyarith", "condition": c, "variant": "stripped", "cot_source": s,
+                              "evaluator": ev, "accuracy": means[s] / 2}
+                             for c, s in sources.values() for ev in ("toy_qwq", "toy_dapo")])
+    summary.write_parquet(tmp_path / "summary.parquet")
+    accuracy.write_parquet(tmp_path / "accuracy.parquet")
+    out = {name: str(tmp_path / f"{name}.parquet") for name in
+           ("preference_means", "preference_tests", "preference_correlation", "preference_points")}
+    stages.preference(study, str(tmp_path / "summary.parquet"), str(tmp_path / "accuracy.parquet"), out,
+                      io.provenance(rule="preference"))
+    points, prov = io.read_parquet(out["preference_points"])
+    assert prov["rule"] == "preference"
+    got = {r["source"]: (r["consistency"], r["accuracy"]) for r in points.filter(criterion=CLARITY).iter_rows(named=True)}
+    assert got == {label: (means[s], means[s] / 2) for label, (_, s) in sources.items()}
+    corr = pl.read_parquet(out["preference_correlation"])
+    assert set(corr["metric"]) == {"consistency", "accuracy"} and corr["n_sources"].unique().to_list() == [4]
+    assert pl.read_parquet(out["preference_means"]).height == 4 * 4  # sources x criteria

@@ -183,13 +183,36 @@ def test_demo_rerun_of_a_deleted_output_loads_no_model(demo_run):
     snakemake("--cores", "2", "--configfile", "demo.yaml", cwd=demo_run)  # score and tables catch up
 
 
-def test_demo_figures_are_pngs(demo_run):
+def test_demo_figures_tables_and_report(demo_run):
+    """Every figure the config has data for, as PNG and PDF; every metric table; the Snakemake
+    report holds the figures with their captions and says why the others are missing."""
+    import json
+
+    from cotransfer.config import Study, validate
+    from cotransfer.plan import METRIC_TABLES, figures_planned
+
     diag = pl.read_parquet(demo_run / "results/tables/ensemble_diagnostics.parquet")
     assert set(diag["kind"]) == {"generator_wins", "steps", "stop_reason", "strip_char_ratio"}
     assert diag.filter(kind="stop_reason")["n"].sum() == 3  # every item's thought stopped once
-    for name in ("heatmap", "accuracy", "overview", "ensemble"):
-        data = (demo_run / f"results/figures/{name}.png").read_bytes()
-        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+    for name in METRIC_TABLES:  # toyarith has no item categories (MedCalc has)
+        height = pl.read_parquet(demo_run / f"results/tables/{name}.parquet").height
+        assert (height == 0) == (name == "accuracy_category"), name
+    planned = figures_planned(Study.from_dict(validate(reduced_demo())))
+    drawn = [stem for stem, why in planned.items() if why is None]
+    assert {"overview", "heatmap_strict", "self_consistency", "transitions", "ensemble"} <= set(drawn)
+    assert planned["post_training"] and planned["user_study"]  # one tag only; no ratings file
+    for stem in drawn:
+        png = (demo_run / f"results/figures/{stem}.png").read_bytes()
+        assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000, stem
+        assert (demo_run / f"results/figures/{stem}.pdf").read_bytes()[:5] == b"%PDF-", stem
+    listing = json.loads((demo_run / "results/figures/figures.json").read_text())
+    assert listing["F10"] == "no ratings file" and isinstance(listing["F1"], list)
+    snakemake("--configfile", "demo.yaml", "--report", "report.html", cwd=demo_run)
+    html = (demo_run / "report.html").read_text()
+    for stem in drawn:
+        assert f"{stem}.png" in html, stem
+    assert "F1 \\u2014 overview" in html and "rests on 1 evaluator pairs" in html  # captions, with counts
+    assert "consistency_summary.csv" in html and "figures.json" in html
 
 
 def test_demo_rerun_plans_nothing_and_new_model_computes_only_new_requests(demo_run):

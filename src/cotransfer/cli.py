@@ -95,7 +95,7 @@ def cmd_metrics(args) -> int:
         pq.read_schema(path)
     except Exception as e:  # pyarrow raises ArrowInvalid (and others) for a file that is not Parquet
         return fail(f"{path}: not a Parquet file ({str(e).splitlines()[0] if str(e) else type(e).__name__})")
-    ensembles = tags = config = None
+    study = config = None
     if args.config:
         from cotransfer.config import ConfigError, load
 
@@ -103,12 +103,16 @@ def cmd_metrics(args) -> int:
             study = load(args.config)
         except (ConfigError, OSError) as e:
             return fail(f"{args.config}: {e}")
-        ensembles = {name: (e.generators, e.evaluators) for name, e in study.ensembles.items()}
-        tags = {name: m.post_training for name, m in study.all_models.items()}
         config = study.raw
     try:
-        tables = metrics.all_tables(pl.scan_parquet(path), ensembles=ensembles, tags=tags,
-                                    bootstrap=args.bootstrap, seed=args.seed, permutations=args.permutations)
+        if study is not None:  # ensembles, post-training tags, Instruction Induction similarity
+            from cotransfer.stages import metric_tables
+
+            tables = metric_tables(study, pl.scan_parquet(path), bootstrap=args.bootstrap,
+                                   permutations=args.permutations, seed=args.seed)
+        else:
+            tables = metrics.all_tables(pl.scan_parquet(path), bootstrap=args.bootstrap, seed=args.seed,
+                                        permutations=args.permutations)
     except (ValueError, pl.exceptions.PolarsError) as e:
         return fail(f"{path}: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}")
     inputs = {"answers": str(path), **({"config": str(args.config)} if args.config else {})}

@@ -377,12 +377,28 @@ def score(study: Study, dataset: str, items_path: str, generation_paths: list[st
     io.write_parquet(scored, out, prov)
 
 
+def metric_tables(study: Study, answers, *, bootstrap: int, permutations: int, seed: int) -> dict[str, pl.DataFrame]:
+    """`metrics.all_tables` with what the config knows: the ensembles' members, the models'
+    post-training tags, and each Instruction Induction dataset's similarity backend (its
+    consistency by similarity, method.md section 8.3). The aggregate rule and `cotransfer metrics
+    --config` both call this."""
+    from cotransfer import ii_metrics, metrics, plan
+    from cotransfer.similarity import get_backend
+
+    ii = plan.ii_datasets(study)
+    return metrics.all_tables(
+        answers, ensembles={e: (s.generators, s.evaluators) for e, s in study.ensembles.items()},
+        tags={m: spec.post_training for m, spec in study.models.items()},
+        bootstrap=bootstrap, permutations=permutations, seed=seed,
+        similarity={d: get_backend(study.datasets[d].opts, where=f"datasets.{d}.options") for d in ii} or None,
+        ii_consistency=ii_metrics.ii_consistency if ii else None, ii_datasets=ii)
+
+
 def aggregate(study: Study, scored_paths: list[str], out: dict[str, str], prov: dict) -> None:
     """The answers table and every metric table (`metrics.all_tables`, method.md section 8), plus
     CSV copies of the condition summary and accuracy for the report."""
-    from cotransfer import ii_metrics, metrics, plan
+    from cotransfer import plan
     from cotransfer.scoring import ANSWER_COLUMNS
-    from cotransfer.similarity import get_backend
 
     answers = pl.concat([pl.read_parquet(p) for p in scored_paths], how="diagonal_relaxed")
     lacking = [c for c in ANSWER_COLUMNS if c not in answers.columns]
@@ -391,13 +407,8 @@ def aggregate(study: Study, scored_paths: list[str], out: dict[str, str], prov: 
                          f"cotransfer): re-score them with `snakemake -R score`")
     answers = answers.select(ANSWER_COLUMNS + [c for c in answers.columns if c not in ANSWER_COLUMNS])
     io.write_parquet(answers, out["answers"], prov)
-    ii = plan.ii_datasets(study)
-    tables = metrics.all_tables(
-        answers, ensembles={e: (s.generators, s.evaluators) for e, s in study.ensembles.items()},
-        tags={m: spec.post_training for m, spec in study.models.items()},
-        bootstrap=study.metrics_bootstrap, permutations=study.metrics_permutations, seed=study.decoding.seed,
-        similarity={d: get_backend(study.datasets[d].opts, where=f"datasets.{d}.options") for d in ii} or None,
-        ii_consistency=ii_metrics.ii_consistency if ii else None, ii_datasets=ii)
+    tables = metric_tables(study, answers, bootstrap=study.metrics_bootstrap,
+                           permutations=study.metrics_permutations, seed=study.decoding.seed)
     prov.setdefault("extra", {})["metrics"] = {"bootstrap": study.metrics_bootstrap,
                                               "permutations": study.metrics_permutations,
                                               "seed": study.decoding.seed}
