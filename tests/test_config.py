@@ -125,3 +125,18 @@ def test_bad_preference_names_the_key(demo_config, preference, named):
     with pytest.raises(ConfigError) as err:
         validate(demo_config)
     assert named in str(err.value)
+
+
+def test_cot_only_sources_and_optional_checkpoints(demo_config, tmp_path, caplog):
+    demo_config["models"]["base"] = {"family": "think", "toy": {"seed": 5}, "evaluator": False}
+    demo_config["models"]["grpo"] = {"family": "think", "path": str(tmp_path / "absent"), "optional": True}
+    with caplog.at_level("WARNING", logger="cotransfer.config"):
+        study = Study.from_dict(validate(demo_config))
+    assert "base" in study.models and "base" not in study.evaluators and "grpo" not in study.models
+    assert "models.grpo" in caplog.text and "left out" in caplog.text
+    (tmp_path / "absent").mkdir()  # trained now: it joins the study
+    assert "grpo" in Study.from_dict(validate(demo_config)).evaluators
+    for m in demo_config["models"].values():
+        m["evaluator"] = False
+    with pytest.raises(ConfigError, match="no evaluator"):
+        Study.from_dict(validate(demo_config))

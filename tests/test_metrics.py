@@ -827,3 +827,32 @@ def test_all_tables_instruction_induction_hook(answers):
     assert not tables["paired_tests"].filter(dataset="ii", metric="accuracy").is_empty()
     with pytest.raises(ValueError, match="ii_consistency"):
         all_tables(pl.concat([answers, ii]), ii_datasets={"ii"})
+
+
+def test_study_tables_keep_cot_only_sources_out_of_pairs_but_in_post_training(demo_config):
+    """`stages.metric_tables`: a model with `evaluator: false` answers only its own free runs; it
+    is in no evaluator pair, and post-training compares the targets with its own answers."""
+    from cotransfer import stages
+    from cotransfer.config import Study, validate
+
+    demo_config["models"]["base_src"] = {"family": "think", "toy": {"seed": 5}, "post_training": "base",
+                                         "evaluator": False}
+    study = Study.from_dict(validate(demo_config))
+    assert "base_src" not in study.evaluators and "base_src" in study.models
+    rows = []
+    for item, gold in (("t0", "1"), ("t1", "2")):
+        for ev in study.evaluators:
+            rows.append(("default", "full", None, ev, item, gold))
+            rows.append(("transfer", "full", "base_src", ev, item, "9" if ev == "toy_weak" else gold))
+        rows.append(("default", "full", None, "base_src", item, gold))
+    answers = pl.DataFrame([{"dataset": "toyarith", "item_id": i, "condition": c, "variant": v, "cot_source": s,
+                             "evaluator": e, "sample": 0, "answer": a, "valid": True, "correct": a in ("1", "2")}
+                            for c, v, s, e, i, a in rows],
+                           schema_overrides={"cot_source": pl.String})
+    tables = stages.metric_tables(study, answers, bootstrap=0, permutations=0, seed=0)
+    cons = tables["consistency"]
+    assert "base_src" not in set(cons["evaluator_a"]) | set(cons["evaluator_b"])
+    assert cons.filter(condition="default", definition="strict").height == 6  # 4 evaluators: 6 pairs
+    pt = tables["post_training"].filter(source="base_src", definition="strict")
+    assert pt["post_training"].item() == "base" and pt["n_targets"].item() == 4
+    assert pt["agreement"].item() == pytest.approx(0.75)  # toy_weak disagrees on both items

@@ -262,3 +262,19 @@ def test_demo_rerun_plans_nothing_and_new_model_computes_only_new_requests(demo_
     old_cots, new_cots = 2 * 2 * 3, 2 * 3  # (models x kinds x items) before; the new model's
     assert strip["job"]["cached"] + strip["job"]["computed"] == old_cots + new_cots
     assert strip["job"]["cached"] >= old_cots and 0 < strip["job"]["computed"] <= new_cots
+
+
+def test_cot_sources_that_are_not_evaluators_and_absent_optional_checkpoints(tmp_path):
+    """method.md 2.2's post-training sources: a model with `evaluator: false` gets a generate job
+    (its CoTs and its own answers) and its CoTs are read by every evaluator, but it has no
+    transfer job of its own; an `optional` checkpoint whose folder is absent is left out."""
+    cfg = reduced_demo()
+    cfg["models"]["base_src"] = {"family": "think", "toy": {"seed": 5}, "post_training": "base", "evaluator": False}
+    cfg["models"]["grpo_src"] = {"family": "think", "path": str(tmp_path / "not-trained-yet"), "optional": True,
+                                 "post_training": "grpo", "evaluator": False}
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+    out = snakemake("-n", "--configfile", "cfg.yaml", cwd=tmp_path).stdout
+    counts = job_counts(out)
+    assert counts["generate"] == 3 and counts["transfer"] == counts["transfer_ensemble"] == 2
+    assert "grpo_src" not in out and "transfer/full/base_src.parquet" in out
+    assert "generations/toyarith/base_src/transfer" not in out

@@ -16,11 +16,14 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+log = logging.getLogger(__name__)
 
 CONDITIONS = ("empty", "default", "sampled", "transfer", "ensemble")
 VARIANTS = ("full", "stripped")
@@ -172,6 +175,7 @@ class ModelSpec:
     path: str | None = None
     toy: tuple[tuple[str, Any], ...] | None = None
     post_training: str = "unknown"
+    evaluator: bool = True  # False: a CoT source only (no transfer job, in no evaluator pair)
     tensor_parallel_size: int = 1
     dtype: str = "bfloat16"
     max_model_len: int | None = None
@@ -317,6 +321,7 @@ class Study:
             path=d.get("path"),
             toy=tuple(sorted(d["toy"].items())) if "toy" in d else None,
             post_training=d.get("post_training", "unknown"),
+            evaluator=d.get("evaluator", True),
             tensor_parallel_size=d.get("tensor_parallel_size", 1),
             dtype=d.get("dtype", "bfloat16"),
             max_model_len=d.get("max_model_len"),
@@ -349,7 +354,14 @@ class Study:
 
     @classmethod
     def from_dict(cls, c: dict) -> "Study":
-        models = {k: cls._model(k, v) for k, v in c["models"].items()}
+        absent = sorted(k for k, v in c["models"].items()
+                        if v.get("optional") and v.get("path") and not Path(v["path"]).exists())
+        for k in absent:
+            log.warning("models.%s: optional model folder %s does not exist: left out of the study",
+                        k, c["models"][k]["path"])
+        models = {k: cls._model(k, v) for k, v in c["models"].items() if k not in absent}
+        if not any(m.evaluator for m in models.values()):
+            raise ConfigError("models: no evaluator (every model has evaluator: false)")
         aux = {k: cls._model(k, v) for k, v in (c.get("aux_models") or {}).items()}
         clash = sorted(set(models) & set(aux))
         if clash:
@@ -452,6 +464,11 @@ class Study:
     @property
     def all_models(self) -> dict[str, ModelSpec]:
         return {**self.models, **self.aux_models}
+
+    @property
+    def evaluators(self) -> list[str]:
+        """The models that read CoTs and answer (every model but the CoT sources only)."""
+        return [m for m, spec in self.models.items() if spec.evaluator]
 
     @property
     def cot_sources(self) -> list[str]:

@@ -386,12 +386,19 @@ def metric_tables(study: Study, answers, *, bootstrap: int, permutations: int, s
     from cotransfer.similarity import get_backend
 
     ii = plan.ii_datasets(study)
-    return metrics.all_tables(
-        answers, ensembles={e: (s.generators, s.evaluators) for e, s in study.ensembles.items()},
-        tags={m: spec.post_training for m, spec in study.models.items()},
-        bootstrap=bootstrap, permutations=permutations, seed=seed,
+    # CoT sources that are not evaluators (method.md 2.2's base and GRPO models) answer only in
+    # their own free runs: they are in no evaluator pair, but post-training compares each
+    # target's answer with theirs.
+    main = answers.filter(pl.col("evaluator").is_in(study.evaluators))
+    tags = {m: spec.post_training for m, spec in study.models.items()}
+    tables = metrics.all_tables(
+        main, ensembles={e: (s.generators, s.evaluators) for e, s in study.ensembles.items()},
+        tags=tags, bootstrap=bootstrap, permutations=permutations, seed=seed,
         similarity={d: get_backend(study.datasets[d].opts, where=f"datasets.{d}.options") for d in ii} or None,
         ii_consistency=ii_metrics.ii_consistency if ii else None, ii_datasets=ii)
+    if len(study.evaluators) < len(study.models):
+        tables["post_training"] = metrics.post_training(answers, tags, accuracy_table=tables["accuracy"])
+    return tables
 
 
 def aggregate(study: Study, scored_paths: list[str], out: dict[str, str], prov: dict) -> None:

@@ -78,8 +78,9 @@ def generation_paths(dataset):
     for m in MODELS:
         out.append(plan.generation_path(R, dataset, m, "empty"))
         out += [plan.generation_path(R, dataset, m, c, "full") for c in ("default", "sampled")]
-        for stage in ("transfer", "ensemble"):
-            out += [c.output(R, dataset, m) for c in plan.prefill_cells(STUDY, stage)]
+        if STUDY.models[m].evaluator:  # a CoT source only reads no CoT
+            for stage in ("transfer", "ensemble"):
+                out += [c.output(R, dataset, m) for c in plan.prefill_cells(STUDY, stage)]
     return out
 
 
@@ -128,7 +129,7 @@ def figure_outputs():
 
 def figure_caption_params():
     """Counts the report's captions quote (report/*.rst)."""
-    n_eval = len(MODELS)
+    n_eval = len(STUDY.evaluators)
     return {"n_items": ", ".join(f"{s.n_items} ({d})" for d, s in STUDY.datasets.items()),
             "n_pairs": n_eval * (n_eval - 1) // 2, "n_evaluators": n_eval, "n_sources": len(MODELS),
             "n_ensembles": len(ENSEMBLES), "n_samples": STUDY.decoding.n_samples}
