@@ -184,7 +184,7 @@ def test_embedding_backend_end_to_end(embedding, monkeypatch):
                                                                       (REV, REVW), (REVW, REVW), (BIG, LARGER)]}
 
 
-def test_the_pipeline_metric_step_uses_the_configured_embedding_backend(embedding, demo_config):
+def test_the_pipeline_metric_step_uses_the_configured_embedding_backend(embedding, demo_config, tmp_path):
     """End to end through the aggregate step's metric call (`stages.metric_tables`): a config with
     an Instruction Induction dataset on the `embedding` backend gets §8.3 consistency for it (the
     graded similarity, not equality), while the toy dataset keeps the §8.1 rule; both land in one
@@ -211,3 +211,11 @@ def test_the_pipeline_metric_step_uses_the_configured_embedding_backend(embeddin
     assert cons.filter(dataset="toyarith", definition="paper")["consistency"].to_list() == [0.0]
     acc = tables["accuracy"].filter(dataset="ii", condition="empty", evaluator="e1")
     assert acc["accuracy"].item() == pytest.approx(0.75)  # the mean score, not a thresholded boolean
+    tasks = tables["ii_task_consistency"].filter(condition="empty", evaluator_a="e1", evaluator_b="e2",
+                                                 definition="strict")
+    assert dict(zip(tasks["task"], tasks["consistency"])) == {"larger_animal": 0.5, "reverse_word": 1.0}
+    # F11 is drawn from these tables (consistency per condition and the per-task heatmap)
+    from cotransfer import figures
+
+    drawn = figures.render_all({k: v for k, v in tables.items()}, tmp_path / "fig", ii_datasets=["ii"])
+    assert {p.name for p in drawn["F11"]} >= {"ii_consistency.png", "ii_tasks.png", "ii_tasks_strict.pdf"}

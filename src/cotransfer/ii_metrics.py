@@ -53,6 +53,12 @@ def ii_consistency(answers: pl.LazyFrame | pl.DataFrame, backend: Backend) -> pl
     more than one dataset are an error, since each dataset has its own backend. `backend` is that
     dataset's similarity backend: `similarity.get_backend(spec.opts, where=...)`.
     """
+    return ii_consistency_tables(answers, backend)[0]
+
+
+def ii_consistency_tables(answers: pl.LazyFrame | pl.DataFrame, backend: Backend) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(`ii_consistency`'s table, the same per task) from one pass over the backend. The per-task
+    table (F11's heatmap): GROUP, evaluator_a, evaluator_b, task, n, consistency, definition."""
     from cotransfer import metrics
 
     lf = metrics.validate_answers(answers)
@@ -93,4 +99,8 @@ def ii_consistency(answers: pl.LazyFrame | pl.DataFrame, backend: Backend) -> pl
              .cast(CONSISTENCY_SCHEMA)
              .sort([*GROUP_KEYS, *PAIR], nulls_last=True)
              for d in DEFINITIONS]
-    return pl.concat(parts)
+    task_parts = [per_task.select(*GROUP_KEYS, *PAIR, "task", n=pl.col("n").cast(pl.Int64),
+                                  consistency=pl.col(d).cast(pl.Float64), definition=pl.lit(d))
+                  .sort([*GROUP_KEYS, *PAIR, "task"], nulls_last=True)
+                  for d in DEFINITIONS]
+    return pl.concat(parts), pl.concat(task_parts)

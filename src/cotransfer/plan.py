@@ -131,6 +131,12 @@ METRIC_TABLES = ("consistency", "consistency_summary", "accuracy", "accuracy_cat
 PREFERENCE_TABLES = ("preference_means", "preference_tests", "preference_correlation", "preference_points")
 
 
+def metric_tables(study: Study) -> tuple[str, ...]:
+    """The metric tables of this study: METRIC_TABLES, and per-task Instruction Induction
+    consistency where it has such a dataset."""
+    return METRIC_TABLES + (("ii_task_consistency",) if ii_datasets(study) else ())
+
+
 def ii_datasets(study: Study) -> list[str]:
     """The Instruction Induction datasets (consistency by similarity, method.md section 8.3)."""
     return [d for d, spec in study.datasets.items() if spec.adapter == "instruction_induction"]
@@ -154,6 +160,6 @@ def figures_planned(study: Study) -> dict[str, str | None]:
     ii = None if ii_datasets(study) else "no Instruction Induction dataset"
     plan.update(dict.fromkeys(twins("ii_consistency"), ii))
     plan["ii_accuracy"] = ii
-    plan.update(dict.fromkeys(twins("ii_tasks"), ii or "per-task Instruction Induction consistency is not computed yet"))
+    plan.update(dict.fromkeys(twins("ii_tasks"), ii))
     plan["ensemble"] = None if study.ensembles else "no ensembles"
     return plan

@@ -389,14 +389,24 @@ def metric_tables(study: Study, answers, *, bootstrap: int, permutations: int, s
     # CoT sources that are not evaluators (method.md 2.2's base and GRPO models) answer only in
     # their own free runs: they are in no evaluator pair, but post-training compares each
     # target's answer with theirs.
-    main = answers.filter(pl.col("evaluator").is_in(study.evaluators))
+    cot_only = [m for m, spec in study.models.items() if not spec.evaluator]
+    main = answers.filter(~pl.col("evaluator").is_in(cot_only)) if cot_only else answers
     tags = {m: spec.post_training for m, spec in study.models.items()}
+    per_task = []
+
+    def ii_hook(lf, backend):  # the pair table for all_tables; the per-task one kept for F11
+        pairs, tasks = ii_metrics.ii_consistency_tables(lf, backend)
+        per_task.append(tasks)
+        return pairs
+
     tables = metrics.all_tables(
         main, ensembles={e: (s.generators, s.evaluators) for e, s in study.ensembles.items()},
         tags=tags, bootstrap=bootstrap, permutations=permutations, seed=seed,
         similarity={d: get_backend(study.datasets[d].opts, where=f"datasets.{d}.options") for d in ii} or None,
-        ii_consistency=ii_metrics.ii_consistency if ii else None, ii_datasets=ii)
-    if len(study.evaluators) < len(study.models):
+        ii_consistency=ii_hook if ii else None, ii_datasets=ii)
+    if ii:
+        tables["ii_task_consistency"] = pl.concat(per_task)
+    if cot_only:
         tables["post_training"] = metrics.post_training(answers, tags, accuracy_table=tables["accuracy"])
     return tables
 
@@ -419,7 +429,7 @@ def aggregate(study: Study, scored_paths: list[str], out: dict[str, str], prov: 
     prov.setdefault("extra", {})["metrics"] = {"bootstrap": study.metrics_bootstrap,
                                               "permutations": study.metrics_permutations,
                                               "seed": study.decoding.seed}
-    for name in plan.METRIC_TABLES:
+    for name in plan.metric_tables(study):
         io.write_parquet(tables[name], out[name], prov)
     for name in ("consistency_summary", "accuracy"):  # what the report shows as tables
         io.write_text(out[f"{name}_csv"], tables[name].write_csv(float_precision=4))

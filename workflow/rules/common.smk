@@ -97,7 +97,7 @@ def strip_outputs(group):
     return [t.stripped(R, "{dataset}") for t in plan.cot_tables(STUDY, group)]
 
 
-TABLES = {name: f"{R}/tables/{name}.parquet" for name in ("answers", *plan.METRIC_TABLES)}
+TABLES = {name: f"{R}/tables/{name}.parquet" for name in ("answers", *plan.metric_tables(STUDY))}
 REPORT_TABLES = {f"{name}_csv": f"{R}/tables/{name}.csv" for name in ("consistency_summary", "accuracy")}
 PREFERENCE_TABLES = ({name: f"{R}/tables/{name}.parquet" for name in plan.PREFERENCE_TABLES}
                      if STUDY.preference else {})
@@ -136,7 +136,7 @@ def figure_caption_params():
 
 
 def get_figure_tables(wildcards):
-    tables = {name: TABLES[name] for name in ("answers", *plan.METRIC_TABLES)}
+    tables = dict(TABLES)
     tables.update(PREFERENCE_TABLES)
     if ENSEMBLES:
         tables["ensemble_diagnostics"] = ENSEMBLE_TABLE
