@@ -184,3 +184,16 @@ def test_siblings_sharing_a_block_boundary_are_rescored_in_salted_namespaces(toy
     got = engine.token_logprobs(nxt, what="next step")
     assert max(abs(a - b) for xs, ys in zip(got, fresh.token_logprobs(nxt)) for a, b in zip(xs, ys)) < 1e-4
     assert engine.stats.prefill_tokens - before < len(grown)  # not even one context prefilled again
+
+
+def test_the_vectorized_prompt_logprobs_path_is_active_with_the_installed_vllm(engine):
+    """`token_logprobs` relies on `_install_fast_prompt_logprobs` for its speed (vLLM's own
+    per-position loop was most of a scoring call); with the installed vLLM it must be active. Its
+    values are checked by the hand-computed forward pass and the uncached comparisons above."""
+    from vllm.v1.engine.logprobs import LogprobsProcessor
+
+    from cotransfer.engine import _install_fast_prompt_logprobs
+
+    engine.llm
+    assert _install_fast_prompt_logprobs() is True
+    assert getattr(LogprobsProcessor._update_prompt_logprobs, "_cotransfer", False)
