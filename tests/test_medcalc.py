@@ -388,6 +388,19 @@ def test_integer(value, parsed, correct):
     assert (s.answer, s.valid, s.correct, s.status) == (parsed, True, correct, "ok")
 
 
+@pytest.mark.parametrize("value, cid, gold, parsed", [
+    # a range or ratio is not a calculation: the last number (method.md 4.1), not 7.35 - 7.45
+    ("7.35-7.45", 2, "7.4", "7.45"), ("2-3", 4, "3", "3"), ("3/4", 4, "3", "4"),
+    ("7.35 \u2212 7.45", 2, "7.4", "-0.1"),  # written as a calculation, with spaces: evaluated
+    # an answer with its derivation in parentheses is that answer, not an invalid expression
+    ("3 (1 + 1 + 1)", 4, "3", "3"), ("12.5 (10 + 2.5)", 2, "12.5", "12.5"),
+])
+def test_ranges_ratios_and_derivations_are_not_evaluated(value, cid, gold, parsed):
+    s = score(value, item(cid, gold))
+    assert (s.answer, s.valid, s.status) == (parsed, True, "ok")
+
+
+
 @pytest.mark.parametrize("value, parsed, correct", [
     ("03/07/2023", "3/7/2023", True), ("3/7/2023", "3/7/2023", True),
     ("The due date is 3-7-2023.", "3/7/2023", True), ("03/08/2023", "3/8/2023", False),

@@ -245,8 +245,24 @@ def _to_float(s: str) -> float:
     return x
 
 
+# "7.35-7.45", "2-3", "3/4": a range or a ratio written without spaces, not a calculation
+_UNSPACED = re.compile(r"\d[-/\u2212]\d")
+# "3 (1 + 1 + 1)", "12.5 (10 + 2.5)": an answer followed by its derivation in parentheses
+_DERIVATION = re.compile(r"^\s*(" + _SIGN + r"[\d.,]*\d)\s*\(([^()]*)\)\s*$")
+
+
+def _drop_derivation(value: str) -> str:
+    """The answer without a trailing parenthesized calculation ("3 (1 + 1 + 1)" -> "3")."""
+    m = _DERIVATION.match(value)
+    return m.group(1) if m and _HAS_OPERATOR.search(m.group(2)) else value
+
+
 def _expression(value: str) -> float | None:
-    """A bare arithmetic answer ("4 + 1") evaluated safely; None if the text is not one."""
+    """A bare arithmetic answer ("4 + 1") evaluated safely; None if the text is not one. A range
+    or ratio without spaces ("7.35-7.45", "3/4") is not a calculation: method.md 4.1 takes the
+    last number of it."""
+    if _UNSPACED.search(value):
+        return None
     if _ARITHMETIC.fullmatch(value) and _HAS_OPERATOR.search(value):
         try:
             return safe_eval(value)
@@ -290,6 +306,7 @@ def parse_integer(value: str) -> float:
     m = _STR_WRAPPER.fullmatch(value)
     if m:
         value = m.group(1).strip()
+    value = _drop_derivation(value)
     m = _OUT_OF.search(value)
     if m:
         return _to_float(m.group(1))
@@ -314,6 +331,7 @@ def parse_decimal(value: str) -> float:
             return safe_eval(m.group(1))
         except UnsafeExpression:
             raise ParseError("bad_expr") from None
+    value = _drop_derivation(value)
     expr = _expression(value)
     if expr is not None:
         return expr
@@ -433,7 +451,7 @@ def read_table(path: Path) -> pl.DataFrame:
 @register("medcalc")
 class MedCalc(DatasetAdapter):
     numeric_answers = True
-    version = "1"
+    version = "2"  # 2: ranges, ratios and derivations in parentheses are not evaluated (method.md 4.1)
     remote = True
 
     def fetch(self, dest: Path) -> dict:
