@@ -7,7 +7,7 @@ import polars as pl
 import pytest
 
 from cotransfer.config import GREEDY, Sampling, Study, validate
-from cotransfer.engine import Request, derive_seed
+from cotransfer.engine import Completion, Request, derive_seed
 from cotransfer.formats import Split
 from cotransfer.inference import GEN_SCHEMA, Job, free_run, prefilled_run
 
@@ -197,3 +197,27 @@ def test_the_vectorized_prompt_logprobs_path_is_active_with_the_installed_vllm(e
     engine.llm
     assert _install_fast_prompt_logprobs() is True
     assert getattr(LogprobsProcessor._update_prompt_logprobs, "_cotransfer", False)
+
+
+def test_a_thinking_phase_ended_by_eos_or_a_stop_string_is_closed_without_it(job, engine):
+    """Issue 13's defect: the answer phase after a thought that stopped on EOS (or a stop string)
+    without closing it continued from ids that still held the EOS, i.e. `...<|im_end|></think>`."""
+    from cotransfer.inference import answer_phase_request
+
+    first = Request(job.prompt(ITEMS[0]), 10, GREEDY)
+    thought = engine.encode("4+2=6. 6*3=18.")
+    eos = engine.tokenizer.eos_token_id
+    prompt_ids = tuple(engine.encode(first.prompt))
+    tail = tuple(engine.encode("</think>"))
+    c = Completion("4+2=6. 6*3=18.", len(thought) + 1, "stop", prompt_ids=prompt_ids,
+                   token_ids=tuple(thought) + (eos,))
+    req = answer_phase_request(job, first, c, Split(c.text, "", False))
+    assert req.prompt_ids == prompt_ids + tuple(thought) + tail and eos not in req.prompt_ids[len(prompt_ids):]
+    stopped = Completion("4+2=6.", 5, "stop", prompt_ids=prompt_ids, token_ids=tuple(engine.encode("4+2=6. 6*3")),
+                         stop_reason=" 6*3")  # a stop string: its tokens are in token_ids, not in text
+    req = answer_phase_request(job, first, stopped, Split(stopped.text, "", False))
+    kept = req.prompt_ids[len(prompt_ids):-len(tail)]
+    assert engine.tokenizer.decode(list(kept)) == "4+2=6."
+    cut = Completion("4+2=6. 6", 7, "length", prompt_ids=prompt_ids, token_ids=tuple(engine.encode("4+2=6. 6")))
+    assert answer_phase_request(job, first, cut, Split(cut.text, "", False)).prompt_ids == \
+        prompt_ids + cut.token_ids + tail  # cut by the budget: every id is thought

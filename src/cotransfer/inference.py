@@ -253,11 +253,27 @@ def free_run(job: Job, items: list[dict], condition: str, sampling: Sampling, n_
                what=condition)[(condition, "full", None)]
 
 
+def phase_ids(tokenizer, c: Completion, window: int = 16) -> tuple[int, ...]:
+    """The phase-1 token ids without what ended the phase. vLLM keeps the EOS token (or a stop
+    token, or a stop string's tokens) in `token_ids` while the text drops it; continuing from all
+    of them conditioned the answer phase on e.g. `...<|im_end|></think>`. For a phase that
+    stopped, the ids kept are the longest prefix (within the last `window` tokens) whose
+    decoding, special tokens included, is a prefix of the text; if none is, all of them."""
+    ids = c.token_ids
+    if c.finish_reason != "stop" or not ids:
+        return ids
+    for k in range(len(ids), max(len(ids) - window, 0) - 1, -1):
+        if c.text.startswith(tokenizer.decode(list(ids[:k]), skip_special_tokens=False)):
+            return ids[:k]
+    return ids
+
+
 def answer_phase_request(job: Job, first: Request, c: Completion, sp: Split) -> Request:
     """The answer phase after a thinking phase that did not finish on its own (method.md 3).
 
     Cut off after the close marker: continue from the exact phase-1 token ids. Never closed:
-    the phase-1 ids, then the closer, the answer opener and the lead-in; nothing is decoded and
+    the phase-1 ids (without an EOS or stop string that ended it: `phase_ids`), then the
+    closer, the answer opener and the lead-in; nothing is decoded and
     re-tokenized (except for a scripted completion that carries no ids, in tests). With
     `discard_after_close` whatever followed the close marker is dropped and the answer phase
     starts anew from the thinking text.
@@ -272,7 +288,8 @@ def answer_phase_request(job: Job, first: Request, c: Completion, sp: Split) -> 
         ids = (c.prompt_ids + c.token_ids) if c.prompt_ids else None
     else:
         text = first.prompt + c.text + tail
-        ids = (c.prompt_ids + c.token_ids + tuple(job.engine.encode(tail))) if c.prompt_ids else None
+        ids = (c.prompt_ids + phase_ids(job.engine.tokenizer, c) + tuple(job.engine.encode(tail))
+               if c.prompt_ids else None)
     return Request(text, dec.answer_max_tokens, first.sampling, first.seed, fmt.stops, ids)
 
 
