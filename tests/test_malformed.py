@@ -113,3 +113,15 @@ def test_dataset_decoding_overrides(demo_config):
     empty = prefilled_run(Job(study, "toyarith", "toy_dapo", engine), [ITEM], None, condition="empty",
                           variant=None, cot_source=None).row(0, named=True)
     assert empty["prompt"].endswith("<think></think> The instruction is:")
+
+
+def test_answer_records_count_phase_one_and_keep_the_text_as_written(study):
+    """Issue 13's record defects: an answer that came in phase 1 has its tokens counted; a budget
+    that ran out after the close marker is exhausted; a continued answer is phase 1's text and
+    phase 2's joined as written (the phase-1 part was stripped before, gluing words together)."""
+    row = run(study, Scripted(Completion("ok</think>The answer is 7.", 9, "stop")))
+    assert row["answer_tokens"] == 4 and row["budget_exhausted"] is False  # "The answer is 7." (Scripted: words)
+    engine = Scripted(Completion("ok</think>The answer ", 48, "length"), Completion("is 7.", 3, "stop"))
+    row = run(study, engine)
+    assert row["answer_text"] == "The answer is 7."  # not "The answeris 7."
+    assert row["budget_exhausted"] is True and row["answer_tokens"] == 2 + 3

@@ -216,18 +216,24 @@ def _process(job: Job, chunk: list[Unit], counts: dict, what: str) -> list[dict]
             continue
         sp = splits[i]
         answer = c
+        # what phase 1 wrote after the close marker, unstripped (the answer's first part)
+        tail = (c.text + (fmt.closer if c.stop_reason == fmt.closer else "")).partition(fmt.closer)[2] \
+            if sp.closed and fmt.closer else ""
         if i in phase2:
             extra = phase2[i]
-            continued = sp.closed and not dec.discard_after_close
-            answer = Completion((sp.answer + extra.text) if continued else extra.text,
-                                extra.n_tokens, extra.finish_reason)
-        elif sp.closed:
-            answer = Completion(sp.answer, 0, c.finish_reason)
+            if sp.closed and not dec.discard_after_close:  # continued: both parts, joined as written
+                answer = Completion(fmt.answer_text(tail + extra.text),
+                                    job.engine.count_tokens(tail) + extra.n_tokens, extra.finish_reason)
+            else:
+                answer = Completion(extra.text, extra.n_tokens, extra.finish_reason)
+        elif sp.closed:  # the whole answer came in phase 1
+            answer = Completion(sp.answer, job.engine.count_tokens(tail), c.finish_reason)
         rows.append(job.row(
             u.item_id, u.condition, "full", None, u.sample, u.request.prompt, sp.thinking, answer,
             closed=sp.closed,
             thinking_tokens=c.n_tokens if not sp.closed else job.engine.count_tokens(sp.thinking),
-            budget_exhausted=(c.finish_reason == "length" and not sp.closed), seed=u.request.seed,
+            # phase 1 ran out of tokens, before or after its close marker
+            budget_exhausted=c.finish_reason == "length", seed=u.request.seed,
         ))
     return rows
 
