@@ -214,3 +214,15 @@ def test_truncate_to_sentence(chunk, expected):
 def test_truncate_to_complete(chunk, expected):
     assert truncate_to_complete(chunk) == expected
     assert truncate_to_sentence("4+2=6. 6") == "4+2=6. 6"  # the original rule, for contrast
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("Call `x = 1. Then y = 2.` now. Ok.", ["Call `x = 1. Then y = 2.` now.", "Ok."]),
+    ("See:\n```\nStep 1. Do it.\n\nStep 2. Do that.\n```\nDone. Next.",
+     ["See:\n```\nStep 1. Do it.\n\nStep 2. Do that.\n```", "Done.", "Next."]),
+    ("Code ```a. B. c``` end. Ok.", ["Code ```a. B. c``` end.", "Ok."]),
+    ("An unclosed ` tick. Then more.", ["An unclosed ` tick.", "Then more."]),  # no code span: split
+])
+def test_inline_code_and_fenced_blocks_are_never_split(text, expected):
+    """Issue 13's defect: the splitter cut inside `inline code` and ``` fenced blocks ```."""
+    assert [s.text for s in split(text)] == expected

@@ -46,7 +46,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-SPLITTER_VERSION = "1"
+SPLITTER_VERSION = "2"
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +90,9 @@ _DOTTED_INITIALISM = re.compile(r"(?:[A-Za-z]\.)+[A-Za-z]")
 # Protected-region detectors. Each is linear: the inline forms cannot cross a newline or their
 # own delimiter, and the delimited forms are matched by `_pairs` with bounded lookups.
 _INLINE_DOLLAR = re.compile(r"(?<![\\$\w])\$(?=[^\s$])[^$\n]*?(?<=[^\s\\$])\$(?![\d$])")
+# code: a fenced block (``` ... ```, over lines) and inline `code` are never split
+_FENCED_CODE = re.compile(r"```[\s\S]{0,20000}?```")
+_INLINE_CODE = re.compile(r"(?<!`)`(?!`)[^`\n]{1,1000}`(?!`)")
 _QUOTED = re.compile(r"(?<![\w\\])\"(?:[^\"\\\n]|\\.)*\"|\u201c[^\u201c\u201d\n]*\u201d")
 _BRACKET_EVENT = re.compile(r"[()\[\]{}]|\n[ \t\r\f\v]*\n")
 _PAIRS = {")": "(", "]": "[", "}": "{"}
@@ -157,10 +160,17 @@ def _mark(n: int, spans: list[tuple[int, int]]) -> bytearray:
     return mask
 
 
+def _code_spans(text: str) -> list[tuple[int, int]]:
+    """Fenced code blocks, then inline code outside them."""
+    spans = [m.span() for m in _FENCED_CODE.finditer(text)]
+    fenced = _mark(len(text), spans)
+    return spans + [m.span() for m in _INLINE_CODE.finditer(text) if not fenced[m.start()]]
+
+
 def protected_mask(text: str) -> bytearray:
-    """1 at every position inside math, a quoted string or a matched bracket pair (delimiters
-    included); length len(text) + 1, the last entry always 0."""
-    spans: list[tuple[int, int]] = []
+    """1 at every position inside code (fenced or inline), math, a quoted string or a matched
+    bracket pair (delimiters included); length len(text) + 1, the last entry always 0."""
+    spans = _code_spans(text)
     for opener, closer in _MATH_DELIMITERS:
         _pairs(text, opener, closer, _MATH_LIMIT, spans)
     spans += [m.span() for m in _INLINE_DOLLAR.finditer(text)]
@@ -225,13 +235,15 @@ def _cut_points(text: str) -> list[int]:
     """Sentence end offsets (exclusive, before trimming), in increasing order."""
     n = len(text)
     mask = protected_mask(text)
+    code = _mark(n, _code_spans(text)) if "`" in text else None  # not even a blank line cuts code
     cuts: list[int] = []
     line_start = 0
     for m in _EVENT.finditer(text):
         p = m.start()
         if text[p] == "\n":
             nxt = p + 1
-            if _BLANK_AFTER.match(text, nxt) or (not mask[p] and _LINE_OPENER.match(text, nxt)):
+            if (code is None or not code[p]) and (
+                    _BLANK_AFTER.match(text, nxt) or (not mask[p] and _LINE_OPENER.match(text, nxt))):
                 cuts.append(p)
             line_start = nxt
             continue
