@@ -125,3 +125,18 @@ def test_answer_records_count_phase_one_and_keep_the_text_as_written(study):
     row = run(study, engine)
     assert row["answer_text"] == "The answer is 7."  # not "The answeris 7."
     assert row["budget_exhausted"] is True and row["answer_tokens"] == 2 + 3
+
+
+def test_a_prompt_over_the_datasets_input_limit_fails_loudly_before_any_generation(study, demo_config):
+    """method.md section 3 (II): the input must fit in 4096 tokens, failing loudly rather than
+    truncating: `decoding.max_input_tokens` of a dataset, checked before any request."""
+    demo_config["datasets"]["toyarith"]["decoding"] = {"max_input_tokens": 5}
+    strict = Study.from_dict(validate(demo_config))
+    engine = Scripted(Completion("4+3=7.</think>The answer is 7.", 9, "stop"))
+    with pytest.raises(ValueError, match=r"1 of 1 prompts for toy_dapo exceed max_input_tokens 5 \(item, tokens: \[\('t0'"):
+        free_run(Job(strict, "toyarith", "toy_dapo", engine), [ITEM], "default", GREEDY, 1)
+    with pytest.raises(ValueError, match="max_input_tokens 5"):
+        prefilled_run(Job(strict, "toyarith", "toy_dapo", engine), [ITEM], None, condition="empty",
+                      variant=None, cot_source=None)
+    assert engine.calls == []  # nothing was generated
+    assert run(study, engine)["answer_text"] == "The answer is 7."  # no limit: unchanged

@@ -149,6 +149,7 @@ class Decoding:
     thinking_budget_mode: str = "fixed"
     answer_lead_in: str = ""
     discard_after_close: bool = False
+    max_input_tokens: int | None = None  # the rendered prompt must fit (II: 4096), else fail loudly
 
     def thinking_max_tokens(self, prompt_tokens: int) -> int:
         """The thinking phase's budget; under prompt_plus it grows with the prompt (the original

@@ -70,6 +70,17 @@ class Job:
     def prompt(self, item: dict) -> str:
         return self.fmt.prompt(self.engine.tokenizer, messages(item), **self.study.model(self.evaluator).prompt_kwargs())
 
+    def check_input_length(self, items: list[dict]) -> None:
+        """Fail loudly, before any generation, when a rendered prompt exceeds the dataset's
+        `max_input_tokens` (II: 4096, method.md section 3): never truncated."""
+        limit = self.decoding.max_input_tokens
+        if not limit:
+            return
+        over = [(it["item_id"], n) for it in items if (n := self.engine.count_tokens(self.prompt(it))) > limit]
+        if over:
+            raise ValueError(f"{self.dataset}: {len(over)} of {len(items)} prompts for {self.evaluator} exceed "
+                             f"max_input_tokens {limit} (item, tokens: {over[:5]}); they are not truncated")
+
     @property
     def decoding(self):
         return self.study.decoding_for(self.dataset)
@@ -241,6 +252,7 @@ def _process(job: Job, chunk: list[Unit], counts: dict, what: str) -> list[dict]
 def free_units(job: Job, items: list[dict], condition: str, sampling: Sampling, n_samples: int) -> list[Unit]:
     """Default (greedy) or sampled run: the evaluator writes its own CoT, then answers."""
     dec, fmt = job.decoding, job.fmt
+    job.check_input_length(items)
     stops = fmt.stops + ((fmt.closer,) if dec.discard_after_close else ())
     units = []
     for item in items:
@@ -311,6 +323,7 @@ def prefill_units(job: Job, items: list[dict], cots: pl.DataFrame | None, *, con
     if cots is not None:
         for r in cots.select("item_id", "sample", "cot").iter_rows(named=True):
             by_item.setdefault(r["item_id"], []).append((r["sample"], r["cot"] or ""))
+    job.check_input_length(items)
     units = []
     for item in items:
         base = job.prompt(item)
