@@ -551,7 +551,7 @@ def test_report_captions_render():
     core = pytest.importorskip("docutils.core")
     report = Path(__file__).resolve().parents[1] / "report"
     stems = set(F.FIGURES.values()) | {s for extra in F.EXTRA_STEMS.values() for s in extra}
-    tables = {"consistency_summary", "accuracy_table", "figures_listing"}  # the report's table items
+    tables = {"consistency_summary", "accuracy_table", "figures_listing", "strip_qc"}  # the report's table items
     assert {p.stem for p in report.glob("*.rst")} == stems | tables | {"workflow"}
     from cotransfer.plan import figures_planned
     from cotransfer.config import Study, validate

@@ -856,3 +856,20 @@ def test_study_tables_keep_cot_only_sources_out_of_pairs_but_in_post_training(de
     pt = tables["post_training"].filter(source="base_src", definition="strict")
     assert pt["post_training"].item() == "base" and pt["n_targets"].item() == 4
     assert pt["agreement"].item() == pytest.approx(0.75)  # toy_weak disagrees on both items
+
+
+def test_strip_qc_summarizes_answer_removal_per_source():
+    stripped = pl.DataFrame({
+        "dataset": "d", "cot_source": ["a", "a", "a", "a", "b", "b"],
+        "n_in": [4, 2, 3, 0, 2, 2], "n_out": [2, 0, 3, 0, 2, 2],
+        "char_ratio": [0.5, 0.0, 1.0, 0.0, 1.0, 1.0],
+        "status": ["ok", "ok", "nothing_removed", "empty_input", "nothing_removed", "nothing_removed"],
+        "answer_still_present": [False, False, True, None, None, None]})
+    qc = {r["cot_source"]: r for r in metrics.strip_qc(stripped, "default").iter_rows(named=True)}
+    a = qc["a"]
+    assert a["n"] == 4 and a["kind"] == "default"
+    assert a["kept_fraction"] == pytest.approx((0.5 + 0 + 1) / 3)  # the empty CoT has no sentences
+    assert a["char_ratio"] == pytest.approx(0.5) and a["share_all_removed"] == pytest.approx(1 / 4)
+    assert a["share_none_removed"] == pytest.approx(1 / 4) and a["share_answer_still_present"] == pytest.approx(1 / 3)
+    assert a["flag"] is None and qc["b"]["flag"] == "nothing_removed"
+    assert qc["b"]["share_answer_still_present"] is None  # nothing could be checked

@@ -212,7 +212,9 @@ def test_demo_figures_tables_and_report(demo_run):
     for stem in drawn:
         assert f"{stem}.png" in html, stem
     assert "F1 \\u2014 overview" in html and "rests on 1 evaluator pairs" in html  # captions, with counts
-    assert "consistency_summary.csv" in html and "figures.json" in html
+    assert "consistency_summary.csv" in html and "figures.json" in html and "strip_qc.csv" in html
+    qc = pl.read_parquet(demo_run / "results/tables/strip_qc.parquet")
+    assert set(qc["kind"]) == {"default", "sampled", "ensemble"} and qc["n"].min() == 3
 
 
 def test_demo_rerun_plans_nothing_and_new_model_computes_only_new_requests(demo_run):
@@ -228,7 +230,7 @@ def test_demo_rerun_plans_nothing_and_new_model_computes_only_new_requests(demo_
     (demo_run / "more.yaml").write_text(yaml.safe_dump(cfg))
     counts = job_counts(snakemake("-n", "--cores", "2", "--configfile", "more.yaml", cwd=demo_run).stdout)
     assert counts == {
-        "prepare_model": 1, "generate": 1, "split": 1, "strip": 1,
+        "prepare_model": 1, "generate": 1, "split": 1, "strip": 1, "strip_report": 1,
         # each evaluator's transfer job now has outputs for the new model's CoTs; the new model
         # also reads the ensemble
         "transfer": 3, "transfer_ensemble": 1,

@@ -1274,3 +1274,35 @@ def ensemble_diagnostics(steps: Frame, rows: Frame, generators: dict[str, tuple[
             kind=pl.lit("strip_char_ratio"), label=pl.lit("mean"), n=pl.len().cast(pl.Int64),
             share=pl.col("char_ratio").mean()).select(df.columns)])
     return df.cast(ENSEMBLE_DIAGNOSTICS_SCHEMA).sort("dataset", "ensemble", "kind", "label")
+
+
+STRIP_QC_SCHEMA = {"dataset": pl.String, "cot_source": pl.String, "kind": pl.String, "n": pl.Int64,
+                   "kept_fraction": pl.Float64, "char_ratio": pl.Float64, "share_all_removed": pl.Float64,
+                   "share_none_removed": pl.Float64, "share_answer_still_present": pl.Float64,
+                   "share_bad_filter_output": pl.Float64, "flag": pl.String}
+
+
+def strip_qc(stripped: Frame, kind: str) -> pl.DataFrame:
+    """Answer removal's quality control per (dataset, CoT source) of one stripped CoT table kind
+    (method.md section 5): `n` CoTs; the mean share of sentences kept (`kept_fraction`, n_out / n_in
+    over CoTs with sentences) and of characters (`char_ratio`); the shares of CoTs with every
+    sentence removed, with none removed, with the parsed answer still present (over CoTs where
+    that could be checked) and with an unreadable filter reply. `flag` names what deserves a
+    look: `nothing_removed` when no CoT lost a sentence (ratio 1.0), `all_removed` when at least
+    half lost every sentence, else null."""
+    lf = _require(stripped, ["dataset", "cot_source", "n_in", "n_out", "char_ratio", "status",
+                             "answer_still_present"], "stripped CoT table")
+    has = pl.col("n_in") > 0
+    out = (lf.group_by("dataset", "cot_source")
+           .agg(n=pl.len().cast(pl.Int64),
+                kept_fraction=(pl.col("n_out") / pl.col("n_in")).filter(has).mean(),
+                char_ratio=pl.col("char_ratio").filter(has).mean(),
+                share_all_removed=((pl.col("n_out") == 0) & has).mean(),
+                share_none_removed=(pl.col("status") == "nothing_removed").mean(),
+                share_answer_still_present=pl.col("answer_still_present").cast(pl.Float64).mean(),
+                share_bad_filter_output=(pl.col("status") == "bad_filter_output").mean())
+           .with_columns(kind=pl.lit(kind),
+                         flag=pl.when(pl.col("share_none_removed") == 1.0).then(pl.lit("nothing_removed"))
+                         .when(pl.col("share_all_removed") >= 0.5).then(pl.lit("all_removed")))
+           .collect())
+    return out.select(list(STRIP_QC_SCHEMA)).cast(STRIP_QC_SCHEMA).sort("dataset", "cot_source", "kind")

@@ -435,6 +435,20 @@ def aggregate(study: Study, scored_paths: list[str], out: dict[str, str], prov: 
         io.write_text(out[f"{name}_csv"], tables[name].write_csv(float_precision=4))
 
 
+def strip_report(study: Study, out_table: str, out_csv: str, prov: dict) -> None:
+    """Answer removal's QC table (`metrics.strip_qc`) over every stripped CoT table of the study:
+    the models' default and sampled CoTs and the ensembles'."""
+    from cotransfer import metrics, plan
+
+    R = study.results
+    parts = [metrics.strip_qc(pl.read_parquet(t.stripped(R, d)), t.kind)
+             for d in study.datasets for group in plan.COT_GROUPS if group != "ensembles" or study.ensembles
+             for t in plan.cot_tables(study, group)]
+    table = pl.concat(parts) if parts else pl.DataFrame(schema=metrics.STRIP_QC_SCHEMA)
+    io.write_parquet(table, out_table, prov)
+    io.write_text(out_csv, table.write_csv(float_precision=3))
+
+
 def preference(study: Study, summary: str, accuracy: str, out: dict[str, str], prov: dict) -> None:
     """The human-preference analysis (method.md section 8.2) of the configured ratings file."""
     from cotransfer import preference as P

@@ -102,6 +102,7 @@ REPORT_TABLES = {f"{name}_csv": f"{R}/tables/{name}.csv" for name in ("consisten
 PREFERENCE_TABLES = ({name: f"{R}/tables/{name}.parquet" for name in plan.PREFERENCE_TABLES}
                      if STUDY.preference else {})
 ENSEMBLE_TABLE = f"{R}/tables/ensemble_diagnostics.parquet"
+STRIP_QC = {"table": f"{R}/tables/strip_qc.parquet", "csv": f"{R}/tables/strip_qc.csv"}
 REPORT_DIR = str(Path(workflow.basedir) / "report")  # the report's captions
 FIGURES_PLANNED = plan.figures_planned(STUDY)
 FIGURE_STEMS = [stem for stem, why in FIGURES_PLANNED.items() if why is None]
@@ -145,8 +146,13 @@ def get_figure_tables(wildcards):
 
 def get_final_outputs():
     figures = [str(p) for p in figure_outputs().values()]  # plain paths: the report flag belongs to the figures rule
-    return ([*TABLES.values(), *REPORT_TABLES.values(), *PREFERENCE_TABLES.values(), *figures]
-            + ([ENSEMBLE_TABLE] if ENSEMBLES else []))
+    return ([*TABLES.values(), *REPORT_TABLES.values(), *PREFERENCE_TABLES.values(), *figures,
+             *STRIP_QC.values()] + ([ENSEMBLE_TABLE] if ENSEMBLES else []))
+
+
+def get_strip_report_input(wildcards):
+    groups = [g for g in plan.COT_GROUPS if g != "ensembles" or ENSEMBLES]
+    return [t.stripped(R, d) for d in DATASETS for g in groups for t in plan.cot_tables(STUDY, g)]
 
 
 def get_ensemble_report_input(wildcards):

@@ -37,3 +37,17 @@ if ENSEMBLES:
             mem_mb=mem_mb_cpu,
         script:
             "../scripts/strip.py"
+
+
+rule strip_report:
+    input:
+        get_strip_report_input,
+    output:
+        table=STRIP_QC["table"],
+        csv=report(STRIP_QC["csv"], caption=f"{REPORT_DIR}/strip_qc.rst", category="0 tables"),
+    log:
+        "logs/strip_report.log",
+    params:
+        code=cotransfer.__version__,
+    script:
+        "../scripts/strip_report.py"
