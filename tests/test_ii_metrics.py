@@ -218,4 +218,7 @@ def test_the_pipeline_metric_step_uses_the_configured_embedding_backend(embeddin
     from cotransfer import figures
 
     drawn = figures.render_all({k: v for k, v in tables.items()}, tmp_path / "fig", ii_datasets=["ii"])
-    assert {p.name for p in drawn["F11"]} >= {"ii_consistency.png", "ii_tasks.png", "ii_tasks_strict.pdf"}
+    assert {p.name for p in drawn["F11"]} >= {"ii_consistency.png", "ii_tasks.png", "ii_tasks_strict.pdf",
+                                              "ii_accuracy.png"}
+    acc = tables["ii_task_accuracy"].filter(condition="empty", evaluator="e3")  # e3's second answer is invalid
+    assert dict(zip(acc["task"], acc["accuracy"])) == {"larger_animal": pytest.approx(0.375), "reverse_word": 0.75}

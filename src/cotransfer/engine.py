@@ -355,11 +355,8 @@ class Engine:
                     direct += take(ks, call(ks, True, salt=f"cotransfer-logprobs-{r}"))
                 log.info("%s: %d of %d pairs re-sent in %d salted namespaces (the prefix cache reached into "
                          "the candidate)", what, len(retry), len(missing), len(rounds))
-            if direct:  # whole sequences, without reading the prefix cache
-                for k, out in zip(direct, call(direct, False)):
-                    ctx, cand = todo[k]
-                    prefilled += len(ctx) + len(cand)
-                    result[k] = _candidate_logprobs(out, ctx, cand)
+            if direct and take(direct, call(direct, False)):  # whole sequences, no prefix-cache reads
+                raise RuntimeError(f"{what}: vLLM reported prefix-cache hits on requests that skip the cache")
             if self.cache is not None:
                 self.cache.put([{"key": k, "kind": "logprobs", "logprobs": result[k],
                                  "n_prompt": len(todo[k][0]) + len(todo[k][1])} for k in missing], what=what)

@@ -14,9 +14,9 @@ without data is skipped with a reason and never drawn as an empty placeholder.
 Models keep one colour across every figure: `model_colors()` assigns colours to the sorted model
 names, and `render_all` builds that map once from all the tables.
 
-Legacy single-PNG writers (`consistency_heatmaps`, `accuracy_chart`, `overview_bars`,
-`ensemble_diagnostics`) remain for `stages.figures`. They call the same builders and still draw a
-"no data" image for an empty table.
+Single-PNG writers (`consistency_heatmaps`, `accuracy_chart`, `overview_bars`,
+`ensemble_diagnostics`) remain for scripts that want one file; the pipeline does not use them.
+They call the same builders and still draw a "no data" image for an empty table.
 
 matplotlib is imported inside the functions, so importing this module stays cheap for CPU rules
 and the CLI. Figures are built with `matplotlib.figure.Figure`, not pyplot. That means no GUI
@@ -1116,7 +1116,7 @@ def _listed_files(listing: Path) -> set[str]:
 
 
 # --------------------------------------------------------------------------------------------
-# legacy single-PNG writers (stages.figures, stages.ensemble_report)
+# single-PNG writers (for scripts; the pipeline uses render_all)
 
 
 def _save(fig: Figure, out_png: str | os.PathLike) -> Path:

@@ -46,6 +46,21 @@ CONSISTENCY_SCHEMA = {"dataset": pl.String, "condition": pl.String, "variant": p
                       "n": pl.Int64, "consistency": pl.Float64, "definition": pl.String}
 
 
+def task_of_item() -> pl.Expr:
+    """An Instruction Induction item's task, from its id (`task:example`)."""
+    return pl.col("item_id").str.split(TASK_SEPARATOR).list.first()
+
+
+def ii_task_accuracy(answers: pl.LazyFrame | pl.DataFrame) -> pl.DataFrame:
+    """Mean score per (dataset, condition, variant, cot_source, task, evaluator) of Instruction
+    Induction answers (F11's per-task accuracy; the score is the similarity, null as 0)."""
+    return (answers.lazy().with_columns(task=task_of_item())
+            .group_by(*GROUP_KEYS, "task", "evaluator")
+            .agg(accuracy=pl.col("score").fill_null(0.0).mean())
+            .sort(*GROUP_KEYS, "task", "evaluator", nulls_last=True)
+            .collect())
+
+
 def ii_consistency(answers: pl.LazyFrame | pl.DataFrame, backend: Backend) -> pl.DataFrame:
     """Pairwise consistency of one Instruction Induction dataset's answers (module docstring).
 
@@ -73,7 +88,7 @@ def ii_consistency_tables(answers: pl.LazyFrame | pl.DataFrame, backend: Backend
     pairs = (rows.join(rows, on=[*GROUP_KEYS, "item_id", "sample"], nulls_equal=True, suffix="_b")
              .filter(pl.col("evaluator") < pl.col("evaluator_b"))
              .rename({"evaluator": "evaluator_a"})
-             .with_columns(task=pl.col("item_id").str.split(TASK_SEPARATOR).list.first(),
+             .with_columns(task=task_of_item(),
                            lo=pl.min_horizontal("answer", "answer_b"),
                            hi=pl.max_horizontal("answer", "answer_b"),
                            scored=pl.col("answer").is_not_null() & pl.col("answer_b").is_not_null())

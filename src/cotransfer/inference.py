@@ -70,16 +70,17 @@ class Job:
     def prompt(self, item: dict) -> str:
         return self.fmt.prompt(self.engine.tokenizer, messages(item), **self.study.model(self.evaluator).prompt_kwargs())
 
-    def check_input_length(self, items: list[dict]) -> None:
-        """Fail loudly, before any generation, when a rendered prompt exceeds the dataset's
-        `max_input_tokens` (II: 4096, method.md section 3): never truncated."""
+    def prompts(self, items: list[dict]) -> list[str]:
+        """Every item's rendered prompt. Fails loudly, before any generation, when one exceeds
+        the dataset's `max_input_tokens` (II: 4096, method.md section 3): never truncated."""
+        prompts = [self.prompt(it) for it in items]
         limit = self.decoding.max_input_tokens
-        if not limit:
-            return
-        over = [(it["item_id"], n) for it in items if (n := self.engine.count_tokens(self.prompt(it))) > limit]
-        if over:
-            raise ValueError(f"{self.dataset}: {len(over)} of {len(items)} prompts for {self.evaluator} exceed "
-                             f"max_input_tokens {limit} (item, tokens: {over[:5]}); they are not truncated")
+        if limit:
+            over = [(it["item_id"], n) for it, p in zip(items, prompts) if (n := self.engine.count_tokens(p)) > limit]
+            if over:
+                raise ValueError(f"{self.dataset}: {len(over)} of {len(items)} prompts for {self.evaluator} exceed "
+                                 f"max_input_tokens {limit} (item, tokens: {over[:5]}); they are not truncated")
+        return prompts
 
     @property
     def decoding(self):
@@ -206,8 +207,10 @@ def _process(job: Job, chunk: list[Unit], counts: dict, what: str) -> list[dict]
     # Free rows whose thinking is closed and whose answer ended on its own are finished; the rest
     # get the answer phase: closed by us if the model did not, continued if cut after closing
     # (with discard_after_close, every row's answer phase starts anew after its thinking).
-    splits = {i: fmt.split(c.text + (fmt.closer if c.stop_reason == fmt.closer else ""))
-              for i, (u, c) in enumerate(zip(chunk, phase1)) if u.free}
+    # the phase-1 text with the close marker a stop string removed
+    written = {i: c.text + (fmt.closer if c.stop_reason == fmt.closer else "")
+               for i, (u, c) in enumerate(zip(chunk, phase1)) if u.free}
+    splits = {i: fmt.split(text) for i, text in written.items()}
     need = [i for i, sp in splits.items()
             if not phase1[i].finish_reason.startswith("error:")
             and (dec.discard_after_close or not sp.closed or phase1[i].finish_reason == "length")]
@@ -228,8 +231,7 @@ def _process(job: Job, chunk: list[Unit], counts: dict, what: str) -> list[dict]
         sp = splits[i]
         answer = c
         # what phase 1 wrote after the close marker, unstripped (the answer's first part)
-        tail = (c.text + (fmt.closer if c.stop_reason == fmt.closer else "")).partition(fmt.closer)[2] \
-            if sp.closed and fmt.closer else ""
+        tail = written[i].partition(fmt.closer)[2] if sp.closed and fmt.closer else ""
         if i in phase2:
             extra = phase2[i]
             if sp.closed and not dec.discard_after_close:  # continued: both parts, joined as written
@@ -252,11 +254,9 @@ def _process(job: Job, chunk: list[Unit], counts: dict, what: str) -> list[dict]
 def free_units(job: Job, items: list[dict], condition: str, sampling: Sampling, n_samples: int) -> list[Unit]:
     """Default (greedy) or sampled run: the evaluator writes its own CoT, then answers."""
     dec, fmt = job.decoding, job.fmt
-    job.check_input_length(items)
     stops = fmt.stops + ((fmt.closer,) if dec.discard_after_close else ())
     units = []
-    for item in items:
-        prompt = job.prompt(item)
+    for item, prompt in zip(items, job.prompts(items)):
         budget = dec.thinking_max_tokens(job.engine.count_tokens(prompt))
         for s in range(n_samples):
             seed = None if sampling.greedy else job.seed(condition, item["item_id"], s)
@@ -323,10 +323,8 @@ def prefill_units(job: Job, items: list[dict], cots: pl.DataFrame | None, *, con
     if cots is not None:
         for r in cots.select("item_id", "sample", "cot").iter_rows(named=True):
             by_item.setdefault(r["item_id"], []).append((r["sample"], r["cot"] or ""))
-    job.check_input_length(items)
     units = []
-    for item in items:
-        base = job.prompt(item)
+    for item, base in zip(items, job.prompts(items)):
         entries = [(0, "")] if cots is None else by_item.get(item["item_id"])
         missing = not entries
         for s, cot in sorted(entries or [(0, "")]):

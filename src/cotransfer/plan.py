@@ -133,8 +133,8 @@ PREFERENCE_TABLES = ("preference_means", "preference_tests", "preference_correla
 
 def metric_tables(study: Study) -> tuple[str, ...]:
     """The metric tables of this study: METRIC_TABLES, and per-task Instruction Induction
-    consistency where it has such a dataset."""
-    return METRIC_TABLES + (("ii_task_consistency",) if ii_datasets(study) else ())
+    consistency and accuracy where it has such a dataset."""
+    return METRIC_TABLES + (("ii_task_consistency", "ii_task_accuracy") if ii_datasets(study) else ())
 
 
 def ii_datasets(study: Study) -> list[str]:

@@ -406,6 +406,7 @@ def metric_tables(study: Study, answers, *, bootstrap: int, permutations: int, s
         ii_consistency=ii_hook if ii else None, ii_datasets=ii)
     if ii:
         tables["ii_task_consistency"] = pl.concat(per_task)
+        tables["ii_task_accuracy"] = ii_metrics.ii_task_accuracy(main.filter(pl.col("dataset").is_in(ii)))
     if cot_only:
         tables["post_training"] = metrics.post_training(answers, tags, accuracy_table=tables["accuracy"])
     return tables
@@ -441,9 +442,9 @@ def strip_report(study: Study, out_table: str, out_csv: str, prov: dict) -> None
     from cotransfer import metrics, plan
 
     R = study.results
-    parts = [metrics.strip_qc(pl.read_parquet(t.stripped(R, d)), t.kind)
-             for d in study.datasets for group in plan.COT_GROUPS if group != "ensembles" or study.ensembles
-             for t in plan.cot_tables(study, group)]
+    columns = ["dataset", "cot_source", "n_in", "n_out", "char_ratio", "status", "answer_still_present"]
+    parts = [metrics.strip_qc(pl.read_parquet(t.stripped(R, d), columns=columns), t.kind)
+             for d in study.datasets for group in plan.COT_GROUPS for t in plan.cot_tables(study, group)]
     table = pl.concat(parts) if parts else pl.DataFrame(schema=metrics.STRIP_QC_SCHEMA)
     io.write_parquet(table, out_table, prov)
     io.write_text(out_csv, table.write_csv(float_precision=3))
@@ -483,18 +484,9 @@ def figures(study: Study, tables: dict[str, str], out_dir: str, declared: list[s
     the reasons, when a figure the rule declared (`plan.figures_planned`) could not be drawn."""
     from cotransfer import figures as F
     from cotransfer import plan
-    from cotransfer.datasets.instruction_induction import task_of
 
     frames = {name: pl.read_parquet(path) for name, path in tables.items()}
-    ii = plan.ii_datasets(study)
-    if ii and "answers" in frames:  # F11's per-task accuracy, from the answers' scores
-        a = frames.pop("answers").filter(pl.col("dataset").is_in(ii))
-        frames["ii_task_accuracy"] = (
-            a.with_columns(task=pl.col("item_id").map_elements(task_of, return_dtype=pl.String))
-            .group_by("dataset", "condition", "variant", "cot_source", "task", "evaluator")
-            .agg(accuracy=pl.col("score").fill_null(0.0).mean()))
-    frames.pop("answers", None)
-    result = F.render_all(frames, out_dir, ii_datasets=ii)
+    result = F.render_all(frames, out_dir, ii_datasets=plan.ii_datasets(study))
     written = {str(Path(p)) for v in result.values() if isinstance(v, list) for p in v}
     missing = sorted(p for p in declared if str(Path(p)) not in written)
     if missing:

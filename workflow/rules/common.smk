@@ -137,7 +137,8 @@ def figure_caption_params():
 
 
 def get_figure_tables(wildcards):
-    tables = dict(TABLES)
+    """Every metric table (not the answers table: its raw text is not needed for figures)."""
+    tables = {name: path for name, path in TABLES.items() if name != "answers"}
     tables.update(PREFERENCE_TABLES)
     if ENSEMBLES:
         tables["ensemble_diagnostics"] = ENSEMBLE_TABLE
@@ -151,8 +152,7 @@ def get_final_outputs():
 
 
 def get_strip_report_input(wildcards):
-    groups = [g for g in plan.COT_GROUPS if g != "ensembles" or ENSEMBLES]
-    return [t.stripped(R, d) for d in DATASETS for g in groups for t in plan.cot_tables(STUDY, g)]
+    return [t.stripped(R, d) for d in DATASETS for g in plan.COT_GROUPS for t in plan.cot_tables(STUDY, g)]
 
 
 def get_ensemble_report_input(wildcards):
