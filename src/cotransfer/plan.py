@@ -163,3 +163,14 @@ def figures_planned(study: Study) -> dict[str, str | None]:
     plan.update(dict.fromkeys(twins("ii_tasks"), ii))
     plan["ensemble"] = None if study.ensembles else "no ensembles"
     return plan
+
+
+LOCAL_RULES = ("all", "fetch_dataset", "prepare_model", "items", "split", "split_ensembles", "score",
+               "aggregate", "figures", "ensemble_report")
+
+
+def local_rules(study: Study) -> list[str]:
+    """Rules that run on the submit host, never through sbatch: downloads (compute nodes are
+    often offline), light table work, and answer removal by rule (no model)."""
+    extra = ["strip", "strip_ensembles"] if study.strip_method == "rule" else []
+    return [*LOCAL_RULES, *extra]

@@ -9,6 +9,8 @@ import json
 import logging
 import os
 import shutil
+import socket
+import subprocess
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -32,6 +34,54 @@ def setup_logging(logfile: str | None = None) -> None:
         handlers.append(logging.FileHandler(logfile, mode="w"))
     logging.basicConfig(level=logging.INFO, handlers=handlers, force=True,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+FAULT_ENV = "COTRANSFER_FAULT"
+
+
+def start_job(smk) -> None:
+    """Set up a Snakemake job's logging and log what it runs with: the rule, its wildcards, the
+    resources it was given (they grow with each attempt) and, on SLURM, the job id and the
+    allocation's memory. Then apply a simulated fault, if one is asked for (`COTRANSFER_FAULT`)."""
+    setup_logging(smk.log[0] if smk.log else None)
+    wildcards = dict(smk.wildcards.items())
+    wc = ", ".join(f"{k}={v}" for k, v in wildcards.items())
+    res = {k: smk.resources.get(k) for k in ("mem_mb", "cpus_per_task", "gpu", "runtime")}
+    given = " ".join(f"{k}={v}" for k, v in res.items() if v is not None)
+    log.info("job %s (%s): resources %s%s", smk.rule, wc, given, _slurm_allocation())
+    _simulated_fault(smk.rule, list(wildcards.values()), res["mem_mb"])
+
+
+def _slurm_allocation() -> str:
+    """What SLURM gave this job, as scontrol tells it (the job step's environment lacks it)."""
+    job = os.environ.get("SLURM_JOB_ID")
+    if not job:
+        return ""
+    try:
+        out = subprocess.run(["scontrol", "show", "job", "-o", job], capture_output=True, text=True,
+                             timeout=20).stdout
+    except (OSError, subprocess.SubprocessError):
+        out = ""
+    fields = dict(f.split("=", 1) for f in out.split() if "=" in f)
+    return (f"; SLURM job {job} on {fields.get('NodeList') or socket.gethostname()}"
+            f" (partition {fields.get('Partition', '?')}, TRES {fields.get('TRES', '?')})")
+
+
+def _simulated_fault(rule: str, wildcards: list[str], mem_mb: int | None) -> None:
+    """Fault injection for the tests (issue 12): COTRANSFER_FAULT="oom:RULE:VALUE:MB" makes the
+    job of RULE whose wildcards include VALUE die like a process the kernel's out-of-memory
+    killer ended (SIGKILL) whenever it was given less than MB of memory."""
+    spec = os.environ.get(FAULT_ENV)
+    if not spec:
+        return
+    kind, rule_, value, need = (spec.split(":") + ["", "", "", ""])[:4]
+    if kind != "oom" or rule_ != rule or value not in wildcards:
+        return
+    if mem_mb is None or mem_mb < int(need):
+        log.error("simulated out-of-memory (%s): this job needs %s MB, it was given %s MB", FAULT_ENV, need, mem_mb)
+        logging.shutdown()
+        sys.stderr.flush()
+        os.kill(os.getpid(), 9)
 
 
 def end_job() -> None:
@@ -135,8 +185,16 @@ def load_engine(study: Study, model: str, manifest: str, prov: dict | None = Non
     ), info
 
 
-def _model_prov(info: dict, engine) -> dict:
-    return {**info, "engine": engine.settings}
+def _record_models(prov: dict, loaded: dict[str, tuple[dict, object]]) -> None:
+    """Record an inference job's models in `prov`, after its run (so with the load time):
+    ``models[name]`` is the model's manifest with its engine settings, and ``hardware["engine"]``
+    what the engines ran on (`engine.torch_hardware`, taken when a model loaded; the engines of
+    one job share its process and devices), with ``loaded``, the models that loaded. It is None
+    where no model loaded: every request of the job came from the request cache."""
+    prov["models"] = {m: {**info, "engine": engine.settings} for m, (info, engine) in loaded.items()}
+    ran = {m: engine.hardware for m, (_, engine) in loaded.items() if engine.hardware is not None}
+    described = {**next(iter(ran.values())), "loaded": sorted(ran)} if ran else None
+    prov["hardware"] = {**(prov.get("hardware") or {}), "engine": described}
 
 
 def _inference_prov(engine, counts: dict | None = None) -> dict:
@@ -191,7 +249,7 @@ def generate(study: Study, dataset: str, model: str, items_path: str, manifest: 
              + free_units(job, items, "sampled", sampled, study.decoding.n_samples))
     result = run(job, units, shard_size=study.engine.get("shard_size"), what=f"generate {dataset}/{model}")
     keys = {"empty": ("empty", None, None), "default": ("default", "full", None), "sampled": ("sampled", "full", None)}
-    prov["models"] = {model: _model_prov(info, engine)}  # after the run: with the load time, if it loaded
+    _record_models(prov, {model: (info, engine)})
     _write_outputs(result, {keys[c]: out[c] for c in keys}, prov, engine)
     cot_prov = {**prov, "extra": {**(prov.get("extra") or {}), "inference": _inference_prov(engine)}}
     io.write_parquet(cots_from_generations(result[keys["default"]], model), out["cot_default"], cot_prov)
@@ -223,7 +281,7 @@ def prefill(study: Study, dataset: str, evaluator: str, stage: str, items_path: 
         units += prefill_units(job, items, cots, condition=c.condition, variant=c.variant,
                                cot_source=c.cot_source, sampling=study.sampling_for(evaluator, c.condition))
     result = run(job, units, shard_size=study.engine.get("shard_size"), what=f"{stage} {dataset}/{evaluator}")
-    prov["models"] = {evaluator: _model_prov(info, engine)}
+    _record_models(prov, {evaluator: (info, engine)})
     inputs = {c.output_key: [items_path, manifest, c.cots(R, dataset, evaluator)] for c in cells}
     _write_outputs(result, paths, prov, engine, inputs)
 
@@ -241,7 +299,7 @@ def ensemble(study: Study, dataset: str, name: str, items_path: str, manifests: 
     prov["decoding"] = {"ensemble": spec.params(), "seed": study.decoding.seed}
     step_log = ens.step_log_dir(out_steps)
     rows, steps = ens.run(study, dataset, spec, items, engines, step_log=step_log)
-    prov["models"] = {m: _model_prov(infos[m], engines[m]) for m in spec.members}
+    _record_models(prov, {m: (infos[m], engines[m]) for m in spec.members})
     prov.setdefault("extra", {})["inference"] = {m: engines[m].stats.as_dict() for m in spec.members}
     io.write_parquet(steps, out_steps, prov)
     io.write_parquet(rows, out_cots, prov)
@@ -321,7 +379,7 @@ def strip(study: Study, dataset: str, group: str, items_path: str, declared: lis
         engine, info = load_engine(study, study.strip_model, manifest, prov)
         flat = [spans.get(k, []) for _, keys, spans, _ in prepared for k in keys]
         all_drops = iter(_filter_model_drops(study, engine, flat))
-        prov["models"] = {study.strip_model: _model_prov(info, engine)}
+        _record_models(prov, {study.strip_model: (info, engine)})
     prov.setdefault("extra", {}).update(strip_method=study.strip_method, strip_version=S.STRIP_VERSION)
     if engine is not None:
         prov["extra"]["inference"] = _inference_prov(engine)

@@ -13,7 +13,7 @@ rule aggregate:
     log:
         f"logs/aggregate.log",
     params:
-        code=cotransfer.__version__,
+        code=code("aggregate.py"),
         metrics={"bootstrap": STUDY.metrics_bootstrap, "permutations": STUDY.metrics_permutations},
     script:
         "../scripts/aggregate.py"
@@ -31,6 +31,8 @@ if STUDY.preference:
         log:
             "logs/preference.log",
         params:
-            code=cotransfer.__version__,
+            code=code("preference.py"),
+        resources:
+            **CPU_JOB,
         script:
             "../scripts/preference.py"

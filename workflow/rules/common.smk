@@ -1,13 +1,15 @@
 # Configuration, typed view, wildcard vocabulary, input/params/resource functions.
 # Rules stay declarative; everything computed lives here (or in the cotransfer library).
 
+import os
+import sys
 from dataclasses import asdict
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 
-import cotransfer
-from cotransfer import plan
+from cotransfer import cluster, plan
+from cotransfer.codehash import code_hash
 from cotransfer.config import ConfigError, Study, validate as validate_config
 from cotransfer.datasets import get_adapter
 from cotransfer.ensemble import ENSEMBLE_VERSION
@@ -41,23 +43,7 @@ wildcard_constraints:
     kind="default|sampled|ensemble",
 
 
-localrules:
-    fetch_dataset,
-    prepare_model,
-    items,
-    split,
-    split_ensembles,
-    score,
-    aggregate,
-    figures,
-    ensemble_report,
-
-
-if STUDY.strip_method == "rule":
-
-    localrules:
-        strip,
-        strip_ensembles,
+workflow.localrules(*plan.local_rules(STUDY))  # run on the submit host, never through sbatch
 
 
 # ---------------------------------------------------------------------------------------------
@@ -262,11 +248,15 @@ def model_params(wildcards):
     return _model_params(wildcards.anymodel)
 
 
-def run_params(wildcards):
-    """Everything that defines an inference job's results."""
+def run_params(script):
+    """Everything that defines the results of an inference job running `script`."""
+    return lambda wildcards: _run_params(wildcards, script)
+
+
+def _run_params(wildcards, script):
     models = [wildcards.model] if hasattr(wildcards, "model") else list(STUDY.ensembles[wildcards.ensemble].members)
     return {
-        "code": cotransfer.__version__,
+        "code": code(script),
         "dataset": _dataset_params(wildcards.dataset),
         "models": [_model_params(m) for m in models],
         "decoding": asdict(STUDY.decoding_for(wildcards.dataset)),
@@ -278,44 +268,78 @@ def run_params(wildcards):
 def strip_params(wildcards):
     return {"method": STUDY.strip_method, "joiner": STUDY.strip_joiner,
             "model": _model_params(STUDY.strip_model) if STUDY.strip_method == "llm" else None,
-            "code": cotransfer.__version__}
+            "code": code("strip.py")}
 
 
 def score_params(wildcards):
-    return {"dataset": _dataset_params(wildcards.dataset), "code": cotransfer.__version__}
+    return {"dataset": _dataset_params(wildcards.dataset), "code": code("score.py")}
 
 
 # ---------------------------------------------------------------------------------------------
-# resources: GPUs from tensor parallelism, memory and runtime growing with each retry
+# resources: from the config (cotransfer.cluster, docs/cluster.md), growing with each attempt
 
 
-def _gpus(models):
-    return sum(STUDY.model(m).tensor_parallel_size for m in models if STUDY.model(m).source != "toy")
+def _inference_resources(models_of):
+    """GPUs, CPUs, memory, runtime and partition of a job that loads the models `models_of`
+    names; each a function of the wildcards and the attempt, as Snakemake evaluates them."""
+    req = lambda wc, attempt: cluster.inference_request(STUDY, models_of(wc), attempt)
+    return {
+        "slurm_partition": lambda wc, attempt: req(wc, attempt).partition,
+        "gpu": lambda wc, attempt: req(wc, attempt).gpus,
+        "tasks_per_gpu": 0,  # else the plugin starts the job once per GPU
+        "cpus_per_task": lambda wc, attempt: req(wc, attempt).cpus,
+        "mem_mb": lambda wc, attempt: req(wc, attempt).mem_mb,
+        "runtime": lambda wc, attempt: req(wc, attempt).runtime,
+    }
 
 
-def gpus_model(wildcards):
-    return _gpus([wildcards.model])
+MODEL_JOB = _inference_resources(lambda wc: [wc.model])
+ENSEMBLE_JOB = _inference_resources(lambda wc: STUDY.ensembles[wc.ensemble].members)
+STRIP_JOB = (_inference_resources(lambda wc: [STUDY.strip_model]) if STUDY.strip_method == "llm"
+             else {k: (lambda wc, attempt, k=k: cluster.cpu_request(STUDY, attempt).resources()[k])
+                   for k in ("slurm_partition", "cpus_per_task", "mem_mb", "runtime")})
+CPU_JOB = {k: (lambda wc, attempt, k=k: cluster.cpu_request(STUDY, attempt).resources()[k])
+           for k in ("slurm_partition", "cpus_per_task", "mem_mb", "runtime")}
 
 
-def gpus_ensemble(wildcards):
-    return _gpus(STUDY.ensembles[wildcards.ensemble].members)
+_CODE: dict[str, str] = {}
 
 
-def gpus_strip(wildcards):
-    return _gpus([STUDY.strip_model]) if STUDY.strip_method == "llm" else 0
-
-
-def mem_mb_gpu(wildcards, attempt):
-    return 64000 * attempt
-
-
-def runtime_gpu(wildcards, attempt):
-    return 240 * attempt
-
-
-def mem_mb_cpu(wildcards, attempt):
-    return 8000 * attempt
+def code(script):
+    """The hash of the code a stage runs (its script, the library code it reaches): a change
+    to one stage's code re-runs that stage and what follows (cotransfer.codehash)."""
+    if script not in _CODE:
+        _CODE[script] = code_hash(Path(workflow.basedir) / "workflow/scripts" / script)
+    return _CODE[script]
 
 
 def get_generations(wildcards):
     return generation_paths(wildcards.dataset)
+
+
+# ---------------------------------------------------------------------------------------------
+# before anything is submitted: every job's request against the partitions
+
+
+def preflight_cluster_check():
+    """On a SLURM run, fail before the first sbatch when a job asks for more than any node of its
+    partition has (it would be refused, or pend forever), naming the job and the resource."""
+    plugin = workflow.executor_plugin
+    if plugin is None or plugin.name != "slurm" or os.environ.get("COTRANSFER_SKIP_CLUSTER_CHECK"):
+        return
+    try:
+        partitions = cluster.sinfo()
+    except RuntimeError as err:
+        print(f"cluster check skipped: {err}", file=sys.stderr)
+        return
+    problems = cluster.check(cluster.jobs_from_dag(workflow), partitions)
+    if problems:
+        raise WorkflowError("these jobs could never be scheduled on this cluster (nothing was submitted):\n  "
+                            + "\n  ".join(problems)
+                            + "\nChange the `cluster:` section of the config or the models' device, "
+                            "params_b or tensor_parallel_size (docs/cluster.md).")
+    print(f"cluster check: every job fits its partition ({', '.join(sorted(partitions))})", file=sys.stderr)
+
+
+onstart:
+    preflight_cluster_check()

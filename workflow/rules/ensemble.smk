@@ -14,10 +14,8 @@ rule ensemble:
     benchmark:
         f"{R}/benchmarks/ensemble/{{dataset}}/{{ensemble}}.tsv"
     params:
-        run=run_params,
+        run=run_params("ensemble.py"),
     resources:
-        gpu=gpus_ensemble,
-        mem_mb=mem_mb_gpu,
-        runtime=runtime_gpu,
+        **ENSEMBLE_JOB,
     script:
         "../scripts/ensemble.py"

@@ -12,7 +12,7 @@ rule figures:
         "logs/figures.log",
     params:
         **figure_caption_params(),
-        code=cotransfer.__version__,
+        code=code("figures.py"),
     script:
         "../scripts/figures.py"
 
@@ -27,6 +27,6 @@ if ENSEMBLES:
         log:
             "logs/ensemble_report.log",
         params:
-            code=cotransfer.__version__,
+            code=code("ensemble_report.py"),
         script:
             "../scripts/ensemble_report.py"

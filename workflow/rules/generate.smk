@@ -16,10 +16,8 @@ rule generate:
     benchmark:
         f"{R}/benchmarks/generate/{{dataset}}/{{model}}.tsv"
     params:
-        run=run_params,
+        run=run_params("generate.py"),
     resources:
-        gpu=gpus_model,
-        mem_mb=mem_mb_gpu,
-        runtime=runtime_gpu,
+        **MODEL_JOB,
     script:
         "../scripts/generate.py"

@@ -10,7 +10,7 @@ rule split:
     log:
         "logs/split/{dataset}/models.log",
     params:
-        code=cotransfer.__version__,
+        code=code("split.py"),
         group="models",
     script:
         "../scripts/split.py"
@@ -26,7 +26,7 @@ if ENSEMBLES:
         log:
             "logs/split/{dataset}/ensembles.log",
         params:
-            code=cotransfer.__version__,
+            code=code("split.py"),
             group="ensembles",
         script:
             "../scripts/split.py"

@@ -14,8 +14,7 @@ rule strip:
         strip=strip_params,
         group="models",
     resources:
-        gpu=gpus_strip,
-        mem_mb=mem_mb_cpu,
+        **STRIP_JOB,
     script:
         "../scripts/strip.py"
 
@@ -33,8 +32,7 @@ if ENSEMBLES:
             strip=strip_params,
             group="ensembles",
         resources:
-            gpu=gpus_strip,
-            mem_mb=mem_mb_cpu,
+            **STRIP_JOB,
         script:
             "../scripts/strip.py"
 
@@ -48,6 +46,8 @@ rule strip_report:
     log:
         "logs/strip_report.log",
     params:
-        code=cotransfer.__version__,
+        code=code("strip_report.py"),
+    resources:
+        **CPU_JOB,
     script:
         "../scripts/strip_report.py"

@@ -17,12 +17,10 @@ rule transfer:
     benchmark:
         f"{R}/benchmarks/transfer/{{dataset}}/{{model}}.tsv"
     params:
-        run=run_params,
+        run=run_params("prefill.py"),
         stage="transfer",
     resources:
-        gpu=gpus_model,
-        mem_mb=mem_mb_gpu,
-        runtime=runtime_gpu,
+        **MODEL_JOB,
     script:
         "../scripts/prefill.py"
 
@@ -41,11 +39,9 @@ if ENSEMBLES:
         benchmark:
             f"{R}/benchmarks/transfer_ensemble/{{dataset}}/{{model}}.tsv"
         params:
-            run=run_params,
+            run=run_params("prefill.py"),
             stage="ensemble",
         resources:
-            gpu=gpus_model,
-            mem_mb=mem_mb_gpu,
-            runtime=runtime_gpu,
+            **MODEL_JOB,
         script:
             "../scripts/prefill.py"

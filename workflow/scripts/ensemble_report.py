@@ -1,5 +1,5 @@
 from cotransfer import io, stages
 from cotransfer.config import Study
 
-stages.setup_logging(snakemake.log[0])
+stages.start_job(snakemake)
 stages.ensemble_report(Study.from_dict(snakemake.config), snakemake.output.table, io.provenance_from_snakemake(snakemake))

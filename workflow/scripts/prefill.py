@@ -2,7 +2,7 @@ from cotransfer import io, stages
 from cotransfer.config import Study
 
 if __name__ == "__main__":  # vLLM may spawn workers that re-import this file
-    stages.setup_logging(snakemake.log[0])
+    stages.start_job(snakemake)
     stages.prefill(Study.from_dict(snakemake.config), snakemake.wildcards.dataset, snakemake.wildcards.model,
                    snakemake.params.stage, snakemake.input.itemsfile, snakemake.input.model,
                    list(snakemake.output), io.provenance_from_snakemake(snakemake))
