@@ -75,7 +75,7 @@ def test_demo_completes_through_sbatch(demo_on_slurm, slurm):
     assert proc.returncode == 0, out[-6000:]
     assert "cluster check: every job fits its partition" in out
     submitted = re.findall(r"Job \d+ has been submitted with SLURM jobid (\d+) \(log: (\S+)\)", out)
-    rules = sorted(Path(log).parts[-3] for _, log in submitted)
+    rules = sorted(next(p for p in Path(log).parts if p.startswith("rule_")) for _, log in submitted)
     # the demo's non-local jobs: 4 models x (generate, transfer, transfer_ensemble), the
     # ensemble, the answer-removal report; generate for toy_qwq twice (the retry)
     assert rules.count("rule_generate") == 5 and rules.count("rule_transfer") == 4

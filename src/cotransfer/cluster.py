@@ -219,7 +219,6 @@ class JobRequest:
     mem_mb: int = 0
     runtime: int | None = None
     partition: str | None = None
-    extra: dict = field(default_factory=dict)
 
     @property
     def label(self) -> str:
