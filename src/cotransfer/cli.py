@@ -211,15 +211,20 @@ def cmd_validate(args) -> int:
 def cmd_train_toys(args) -> int:
     import logging
 
-    from cotransfer.toymodels import RECIPES, train_recipes
+    from cotransfer.toymodels import FILTER_RECIPES, RECIPES, train_recipes
 
-    unknown = sorted(set(args.names) - set(RECIPES))
+    known = {*RECIPES, *FILTER_RECIPES}
+    unknown = sorted(set(args.names) - known)
     if unknown:
-        print(f"cotransfer train-toys: unknown model(s) {unknown}; known: {sorted(RECIPES)}", file=sys.stderr)
+        print(f"cotransfer train-toys: unknown model(s) {unknown}; known: {sorted(known)}", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     for path, acc in train_recipes(args.out, args.names or None, args.jobs):
-        print(f"{path}: held-out accuracy {acc['own']:.0%} with its own CoT, {acc['empty']:.0%} with an empty one")
+        if "exact_match" in acc:
+            print(f"{path}: held-out drop sets {acc['exact_match']:.0%} exactly the rule's, "
+                  f"{acc['parseable']:.0%} of replies parseable")
+        else:
+            print(f"{path}: held-out accuracy {acc['own']:.0%} with its own CoT, {acc['empty']:.0%} with an empty one")
     return 0
 
 
@@ -318,7 +323,8 @@ def main(argv: list[str] | None = None) -> int:
     v.add_argument("config")
     v.set_defaults(fn=cmd_validate)
 
-    t = sub.add_parser("train-toys", help="train the demo's toy reasoning models (about 10 min for all four on 2 cores)")
+    t = sub.add_parser("train-toys", help="train the demo's toy reasoning models and its answer-removal filter "
+                       "(about 15 min for all five on 2 cores)")
     t.add_argument("out", help="output directory (the demo uses data/models)")
     t.add_argument("names", nargs="*", help="models to train (default: every recipe)")
     t.add_argument("-j", "--jobs", type=int, help="models trained at once, one thread each (default: one per core)")

@@ -242,6 +242,64 @@ class DatasetSpec:
         return d
 
 
+# method.md 1.4: each switch, where it acts, and what the original study did (its `paper` value).
+# Every switch defaults to the corrected behaviour; `compat: paper` sets them all.
+COMPAT_SWITCHES = {
+    "answer_scope": ("score", "parse the last match anywhere in prompt + thinking + answer"),
+    "oss_format": ("prefill", "MedCalc: OSS reads a prefilled CoT as the literal words "
+                              "`assistantanalysis` ... `assistantfinal`, without channel tokens"),
+    "dedupe_open": ("prompt", "the opener is appended even when the template already opened the "
+                              "thinking section (QwQ receives `<think>\\n<think>`)"),
+    "collapse_ws": ("cots", "every whitespace run of a CoT collapsed to one space before it is "
+                            "stored and transferred"),
+    "oss_effort_transfer_eval": ("prefill", "OSS as the evaluator of MedCalc transfer runs uses "
+                                            "reasoning effort medium"),
+    "ensemble_scoring": ("ensemble", "candidates ranked by the perplexity of context + candidate "
+                                     "(every ensemble's `scoring:` becomes paper)"),
+    "ensemble_stop": ("ensemble", "a thought ends only on `</think>` (a think-family generator's "
+                                  "close marker), not on any generator's"),
+    "ensemble_seed": ("ensemble", "every step samples from the same seed (the global seed), not "
+                                  "a seed derived per step"),
+    "fig1_pooling": ("figures", "the overview figure pools full and stripped CoTs"),
+    "selfcons_default_source": ("metrics", "self-consistency compares with the A->A full transfer "
+                                           "run instead of the free-run default"),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Compat:
+    """Which of method.md 1.4's switches reproduce the original study (`paper`) instead of the
+    corrected behaviour. Config: `compat: paper` (all), `compat: corrected` (none, the default),
+    or a mapping of switch names to `paper`/`corrected`. The consistency rule needs no switch:
+    both definitions are always reported."""
+
+    paper: frozenset = frozenset()
+
+    @classmethod
+    def from_config(cls, value) -> "Compat":
+        if value in (None, "corrected"):
+            return cls()
+        if value == "paper":
+            return cls(frozenset(COMPAT_SWITCHES))
+        if isinstance(value, dict):
+            unknown = sorted(set(value) - set(COMPAT_SWITCHES))
+            if unknown:
+                raise ConfigError(f"compat: unknown switch(es) {unknown}; known: {sorted(COMPAT_SWITCHES)}")
+            return cls(frozenset(k for k, v in value.items() if v == "paper"))
+        raise ConfigError(f"compat: expected paper, corrected or a mapping of switches, got {value!r}")
+
+    def __getattr__(self, name: str) -> bool:
+        if name in COMPAT_SWITCHES:
+            return name in self.paper
+        raise AttributeError(name)
+
+    def params(self, where: str | None = None) -> dict[str, str]:
+        """Every switch (or those acting in `where`) as `paper`/`corrected`: for rule params and
+        provenance, so that flipping a switch re-runs exactly the stages it changes."""
+        return {k: ("paper" if k in self.paper else "corrected") for k, (w, _) in COMPAT_SWITCHES.items()
+                if where is None or w == where}
+
+
 @dataclass(frozen=True, slots=True)
 class EnsembleSpec:
     name: str
@@ -312,6 +370,7 @@ class Study:
     metrics_permutations: int = 1000  # consistency.permutations: per paired consistency test
     engine: dict = field(default_factory=dict)
     preference: PreferenceSpec | None = None
+    compat: Compat = field(default_factory=Compat)
     raw: dict = field(default_factory=dict, repr=False, compare=False)
 
     @staticmethod
@@ -386,8 +445,11 @@ class Study:
             )
             for k, v in c["datasets"].items()
         }
+        compat = Compat.from_config(c.get("compat"))
         ensembles = {}
         for k, v in (c.get("ensembles") or {}).items():
+            if compat.ensemble_scoring:  # the original's scoring for every ensemble
+                v = {**v, "scoring": "paper"}
             for role in ("generators", "evaluators"):
                 unknown = [m for m in v[role] if m not in models]
                 if unknown:
@@ -454,6 +516,7 @@ class Study:
             metrics_permutations=int((c.get("consistency") or {}).get("permutations", 1000)),
             engine=dict(c.get("engine") or {}),
             preference=cls._preference(c, models, ensembles, datasets),
+            compat=compat,
             raw=c,
         )
 
@@ -479,6 +542,23 @@ class Study:
     def cot_sources(self) -> list[str]:
         """Every CoT source of the transfer stage: each model, then each ensemble."""
         return list(self.models) + list(self.ensembles)
+
+    def prompt_kwargs(self, model: str, dataset: str | None = None, condition: str | None = None) -> dict:
+        """Format arguments of `model`'s prompts in `dataset` under `condition`: its own
+        (harmony: effort and pinned date) and the compat switches that change prompts."""
+        spec = self.model(model)
+        kw = spec.prompt_kwargs()
+        if self.compat.dedupe_open:
+            kw["dedupe_open"] = False
+        if (self.compat.oss_effort_transfer_eval and spec.family == "harmony" and condition == "transfer"
+                and dataset is not None and self.datasets[dataset].adapter == "medcalc"):
+            kw["reasoning_effort"] = "medium"
+        return kw
+
+    def literal_oss_prefill(self, model: str, dataset: str) -> bool:
+        """`compat.oss_format`: MedCalc CoTs prefilled into OSS as plain words (method.md 2.1)."""
+        return (self.compat.oss_format and self.model(model).family == "harmony"
+                and self.datasets[dataset].adapter == "medcalc")
 
     def decoding_for(self, dataset: str) -> Decoding:
         """The top-level decoding with the dataset's own overrides applied."""

@@ -168,8 +168,10 @@ def fingerprint(study: Study, dataset: str, spec: EnsembleSpec, items: list[dict
     """What an ensemble run's CoTs depend on (the step log's key)."""
     blob = json.dumps({"version": ENSEMBLE_VERSION, "dataset": dataset, "spec": spec.params(),
                        "seed": study.decoding.seed, "rescore_whole": rescore_whole,
+                       "compat": study.compat.params("ensemble") | study.compat.params("prompt"),
                        "members": {m: {"identity": engines[m].identity, "family": study.model(m).family,
-                                       "prompt_kwargs": study.model(m).prompt_kwargs()} for m in spec.members},
+                                       "prompt_kwargs": study.prompt_kwargs(m, dataset, "ensemble")}
+                                   for m in spec.members},
                        "items": [[it["item_id"], messages(it)] for it in items]},
                       sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
@@ -195,7 +197,7 @@ def run(study: Study, dataset: str, spec: EnsembleSpec, items: list[dict],
     fmts = {m: get_format(study.model(m).family) for m in spec.members}
     prompts, ctx = {}, {}
     for m in spec.members:
-        kw = study.model(m).prompt_kwargs()
+        kw = study.prompt_kwargs(m, dataset, "ensemble")
         prompts[m] = [fmts[m].prompt(engines[m].tokenizer, messages(it), **kw) for it in items]
         ctx[m] = [list(engines[m].encode(p)) for p in prompts[m]]
     prompt_len = {m: [len(c) for c in ctx[m]] for m in spec.members}
@@ -267,7 +269,8 @@ def run(study: Study, dataset: str, spec: EnsembleSpec, items: list[dict],
             reqs, owners = [], []
             for i in live:
                 for s in range(spec.candidates):
-                    seed = derive_seed(study.decoding.seed, dataset, spec.name, items[i]["item_id"], step, g_idx, s)
+                    seed = (derive_seed(study.decoding.seed, g_idx, s) if study.compat.ensemble_seed  # every step alike
+                            else derive_seed(study.decoding.seed, dataset, spec.name, items[i]["item_id"], step, g_idx, s))
                     reqs.append(Request(prompts[g][i] + thoughts[i], spec.chunk_tokens, sampling, seed,
                                         prompt_ids=tuple(ctx[g][i])))
                     owners.append((i, s))
@@ -331,7 +334,8 @@ def run(study: Study, dataset: str, spec: EnsembleSpec, items: list[dict],
                 "selected_text": best.text, "ends_thought": best.ends_thought, "cum_tokens": cum,
                 "wall_s": time.perf_counter() - t0,
             })
-            if best.ends_thought:
+            if best.ends_thought and (not study.compat.ensemble_stop
+                                      or fmts[spec.generators[best.generator]].closer == "</think>"):
                 rec["stopped"][i] = "ends_thought"
             elif cum >= spec.thinking_cap:
                 rec["stopped"][i] = "thinking_cap"
@@ -347,6 +351,7 @@ def run(study: Study, dataset: str, spec: EnsembleSpec, items: list[dict],
     for i in active:
         stop_reason[i] = "max_steps"
     rows = pl.DataFrame([{"dataset": dataset, "item_id": it["item_id"], "sample": 0, "cot_source": spec.name,
-                          "cot": thoughts[i], "stop_reason": stop_reason[i], "n_steps": n_steps[i]}
+                          "cot": " ".join(thoughts[i].split()) if study.compat.collapse_ws else thoughts[i],
+                          "stop_reason": stop_reason[i], "n_steps": n_steps[i]}
                          for i, it in enumerate(items)], schema=ROW_SCHEMA)
     return rows, pl.DataFrame(step_rows, schema=STEP_SCHEMA)

@@ -957,7 +957,7 @@ def _twins(stem: str, df: pl.DataFrame, build: Callable[[str], Figure],
 
 def plan_figures(tables: Mapping[str, pl.DataFrame | pl.LazyFrame | None], *,
                  ii_datasets: Iterable[str] | None = None,
-                 colors: Mapping[str, str] | None = None) -> Plan:
+                 colors: Mapping[str, str] | None = None, pool_variants: bool = False) -> Plan:
     """For each figure id: the (stem, builder) pairs that its tables support, or why it is not drawn.
 
     Table keys (the spec's table names): consistency, consistency_summary, accuracy, breakdown,
@@ -988,7 +988,8 @@ def plan_figures(tables: Mapping[str, pl.DataFrame | pl.LazyFrame | None], *,
     def twins(stem, df, build, value):
         return _twins(stem, df, build, value) or f"no values in the {stem} table"
 
-    plan["F1"] = twins("overview", cons, lambda d: overview_figure(cons, definition=d), "consistency") \
+    plan["F1"] = twins("overview", cons, lambda d: overview_figure(cons, definition=d, pool_variants=pool_variants),
+                       "consistency") \
         if cons is not None else no_pairs
     plan["F2"] = twins("consistency", summary, lambda d: consistency_figure(summary, definition=d), "mean") \
         if summary is not None else no_pairs
@@ -1078,7 +1079,7 @@ def save_figure(fig: Figure, out_dir: str | os.PathLike, stem: str) -> list[Path
 
 
 def render_all(tables: Mapping[str, pl.DataFrame | pl.LazyFrame | None], out_dir: str | os.PathLike, *,
-               ii_datasets: Iterable[str] | None = None) -> dict[str, list[Path] | str]:
+               ii_datasets: Iterable[str] | None = None, pool_variants: bool = False) -> dict[str, list[Path] | str]:
     """Draw every figure F1-F12 the tables support into `out_dir` as PNG and PDF.
 
     Returns, for each figure id, the files written (a consistency figure's strict twin included)
@@ -1093,7 +1094,7 @@ def render_all(tables: Mapping[str, pl.DataFrame | pl.LazyFrame | None], out_dir
     out_dir.mkdir(parents=True, exist_ok=True)
     previous = _listed_files(out_dir / "figures.json")
     result: dict[str, list[Path] | str] = {}
-    for fid, entry in plan_figures(tables, ii_datasets=ii_datasets).items():
+    for fid, entry in plan_figures(tables, ii_datasets=ii_datasets, pool_variants=pool_variants).items():
         if isinstance(entry, str):
             result[fid] = entry
             continue

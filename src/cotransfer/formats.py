@@ -41,17 +41,19 @@ class Format:
     answer_closer: str = ""
     template_kwargs: tuple[tuple[str, Any], ...] = ()
 
-    def prompt(self, tokenizer, messages: list[dict], **kwargs) -> str:
-        """Render the generation prompt with the thinking section opened exactly once."""
+    def prompt(self, tokenizer, messages: list[dict], *, dedupe_open: bool = True, **kwargs) -> str:
+        """Render the generation prompt with the thinking section opened exactly once
+        (`dedupe_open=False`: the original's unconditional opener, `compat.dedupe_open`)."""
         text = tokenizer.apply_chat_template(
             messages, tokenize=False, add_generation_prompt=True,
             **dict(self.template_kwargs), **kwargs,
         )
-        return self.open(text)
+        return self.open(text, dedupe=dedupe_open)
 
-    def open(self, rendered: str) -> str:
-        """Append the opener unless the rendered text (ignoring trailing whitespace) ends with it."""
-        if self.opener and rendered.rstrip().endswith(self.opener):
+    def open(self, rendered: str, *, dedupe: bool = True) -> str:
+        """Append the opener unless the rendered text (ignoring trailing whitespace) ends with it;
+        `dedupe=False` appends it regardless, as the original did (QwQ: `<think>\n<think>`)."""
+        if dedupe and self.opener and rendered.rstrip().endswith(self.opener):
             return rendered
         return rendered + self.opener
 
@@ -124,7 +126,7 @@ class HarmonyFormat(Format):
     channel tokens (kept as special-token text in the prompt string)."""
 
     def prompt(self, tokenizer, messages: list[dict], *, reasoning_effort: str = "low",
-               conversation_date: str = "2025-06-28", **_) -> str:
+               conversation_date: str = "2025-06-28", dedupe_open: bool = True, **_) -> str:
         import openai_harmony as h
 
         enc = h.load_harmony_encoding(h.HarmonyEncodingName.HARMONY_GPT_OSS)
@@ -137,7 +139,13 @@ class HarmonyFormat(Format):
         convo = [h.Message.from_role_and_content(h.Role.SYSTEM, system)]
         convo += [h.Message.from_role_and_content(h.Role.USER, m["content"]) for m in messages if m["role"] == "user"]
         ids = enc.render_conversation_for_completion(h.Conversation.from_messages(convo), h.Role.ASSISTANT)
-        return self.open(enc.decode(ids))
+        return self.open(enc.decode(ids), dedupe=dedupe_open)
+
+    def literal_prefill(self, prompt: str, cot: str) -> str:
+        """The original's MedCalc prefill (`compat.oss_format`): it had decoded OSS text with
+        special tokens stripped, so the channel headers became the plain words `analysis` and
+        `assistantfinal` around the CoT, after the prompt's `<|start|>assistant`."""
+        return prompt.removesuffix(self.opener) + "analysis" + cot + "assistantfinal"
 
 
 # gpt-oss harmony: analysis channel for the CoT, final channel for the answer.

@@ -67,13 +67,14 @@ class Job:
     def fmt(self) -> Format:
         return get_format(self.study.model(self.evaluator).family)
 
-    def prompt(self, item: dict) -> str:
-        return self.fmt.prompt(self.engine.tokenizer, messages(item), **self.study.model(self.evaluator).prompt_kwargs())
+    def prompt(self, item: dict, condition: str | None = None) -> str:
+        kw = self.study.prompt_kwargs(self.evaluator, self.dataset, condition)
+        return self.fmt.prompt(self.engine.tokenizer, messages(item), **kw)
 
-    def prompts(self, items: list[dict]) -> list[str]:
+    def prompts(self, items: list[dict], condition: str | None = None) -> list[str]:
         """Every item's rendered prompt. Fails loudly, before any generation, when one exceeds
         the dataset's `max_input_tokens` (II: 4096, method.md section 3): never truncated."""
-        prompts = [self.prompt(it) for it in items]
+        prompts = [self.prompt(it, condition) for it in items]
         limit = self.decoding.max_input_tokens
         if limit:
             over = [(it["item_id"], n) for it, p in zip(items, prompts) if (n := self.engine.count_tokens(p)) > limit]
@@ -324,12 +325,14 @@ def prefill_units(job: Job, items: list[dict], cots: pl.DataFrame | None, *, con
         for r in cots.select("item_id", "sample", "cot").iter_rows(named=True):
             by_item.setdefault(r["item_id"], []).append((r["sample"], r["cot"] or ""))
     units = []
-    for item, base in zip(items, job.prompts(items)):
+    prefill = (job.fmt.literal_prefill if job.study.literal_oss_prefill(job.evaluator, job.dataset)
+               else job.fmt.prefill)
+    for item, base in zip(items, job.prompts(items, condition)):
         entries = [(0, "")] if cots is None else by_item.get(item["item_id"])
         missing = not entries
         for s, cot in sorted(entries or [(0, "")]):
             seed = None if sampling.greedy else job.seed(condition, item["item_id"], s)
-            req = Request(job.fmt.prefill(base, cot) + dec.answer_lead_in, dec.answer_max_tokens, sampling,
+            req = Request(prefill(base, cot) + dec.answer_lead_in, dec.answer_max_tokens, sampling,
                           seed, job.fmt.stops)
             units.append(Unit(item["item_id"], s, req, condition, variant, cot_source, cot, missing_cot=missing))
     return units
@@ -344,11 +347,19 @@ def prefilled_run(job: Job, items: list[dict], cots: pl.DataFrame | None, *, con
         (condition, variant, cot_source)]
 
 
-def cots_from_generations(gen: pl.DataFrame, cot_source: str) -> pl.DataFrame:
-    """The CoT table of a free run: its thinking text per (item, sample)."""
+def collapse_ws(cot: pl.Expr) -> pl.Expr:
+    """`compat.collapse_ws`: every whitespace run to one space, the ends trimmed (the original's
+    `" ".join(cot.split())`)."""
+    return cot.str.replace_all(r"\s+", " ").str.strip_chars()
+
+
+def cots_from_generations(gen: pl.DataFrame, cot_source: str, *, collapse: bool = False) -> pl.DataFrame:
+    """The CoT table of a free run: its thinking text per (item, sample); whitespace collapsed
+    under `compat.collapse_ws`."""
+    cot = pl.col("thinking").fill_null("")
     return gen.select(
         "dataset", "item_id", "sample", pl.lit(cot_source).alias("cot_source"),
-        pl.col("thinking").fill_null("").alias("cot"),
+        (collapse_ws(cot) if collapse else cot).alias("cot"),
     ).cast(COT_SCHEMA)
 
 

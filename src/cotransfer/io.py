@@ -157,6 +157,18 @@ def utcnow() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+def _compat(config: dict | None) -> dict | None:
+    """Every compat switch (method.md 1.4) as the config sets it: paper or corrected."""
+    if config is None:
+        return None
+    from cotransfer.config import Compat, ConfigError
+
+    try:
+        return Compat.from_config(config.get("compat")).params()
+    except ConfigError:
+        return None
+
+
 def provenance(
     *,
     rule: str | None = None,
@@ -196,6 +208,7 @@ def provenance(
         "wildcards": dict(wildcards or {}),
         "git": _git_state(REPO_ROOT),
         "config_sha256": config_sha256(config) if config is not None else None,
+        "compat": _compat(config),
         "inputs": input_docs,
         "models": models or {},
         "datasets": datasets or {},

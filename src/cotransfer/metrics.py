@@ -766,6 +766,18 @@ def _self_consistency(prep: Prepared, bootstrap: int, seed: int) -> pl.DataFrame
             .sort("dataset", "evaluator", "variant", "definition", nulls_last=True))
 
 
+def paper_default_source(answers: Frame) -> pl.DataFrame:
+    """The answers with the original's self-consistency default side (`compat.selfcons_default_source`):
+    each evaluator's A->A full-text transfer answers stand in for its free-run default (full
+    variant); the stripped default, the sampled runs and everything else are unchanged."""
+    df = answers.collect() if isinstance(answers, pl.LazyFrame) else answers
+    aa = ((pl.col("condition") == "transfer") & (pl.col("variant") == "full")
+          & (pl.col("cot_source") == pl.col("evaluator")))
+    own_default = (pl.col("condition") == "default") & (pl.col("variant") == "full")
+    stand_in = df.filter(aa).with_columns(condition=pl.lit("default"), cot_source=pl.lit(None, dtype=df.schema["cot_source"]))
+    return pl.concat([df.filter(~own_default.fill_null(False)), stand_in])
+
+
 def self_consistency(answers: Frame | Prepared, bootstrap: int = 0, seed: int = 0) -> pl.DataFrame:
     """Self-consistency per (dataset, evaluator, variant) (method.md §8.2).
 
@@ -773,9 +785,9 @@ def self_consistency(answers: Frame | Prepared, bootstrap: int = 0, seed: int = 
     answers (every sample) to the same item in the same variant, on rows where both are valid.
     `paper`: a match is both correct, or both wrong with equal answers; `strict`: equal answers.
     `rate` = matches / n (null when n = 0). An evaluator with rows in both conditions always has
-    a row. CIs: bootstrap over the dataset's items (seeded; null when bootstrap = 0). The
-    `selfcons.default_source: paper` variant of §8.2 (A->A transfer as the default side) is not
-    offered.
+    a row. CIs: bootstrap over the dataset's items (seeded; null when bootstrap = 0). For
+    `compat.selfcons_default_source` (the A->A transfer run as the default side, as the original
+    did) pass `paper_default_source(answers)`.
 
     Columns: dataset, evaluator, variant, definition, n, rate, ci_low, ci_high.
     """

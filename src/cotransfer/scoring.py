@@ -18,7 +18,8 @@ SCORE_SCHEMA = {"answer": pl.String, "valid": pl.Boolean, "correct": pl.Boolean,
                 "parse_status": pl.String, "category": pl.String}
 
 
-def score_generations(spec: DatasetSpec, items: pl.DataFrame, generations: pl.DataFrame) -> pl.DataFrame:
+def score_generations(spec: DatasetSpec, items: pl.DataFrame, generations: pl.DataFrame,
+                      answer_scope: str = "answer") -> pl.DataFrame:
     """Add `answer`, `valid`, `correct`, `score`, `parse_status` and `category` to every generation row.
 
     `score` is the adapter's per-answer score in [0, 1] (`Scored.score`: the similarity for
@@ -28,6 +29,10 @@ def score_generations(spec: DatasetSpec, items: pl.DataFrame, generations: pl.Da
     loudly, naming the ids; a row whose text cannot be parsed is recorded invalid (never a
     crash). Flagged rows (e.g. a prompt that did not fit) are scored like any other: their answer
     text is usually empty, hence invalid.
+
+    `answer_scope="paper"` (`compat.answer_scope`) parses prompt + thinking + answer instead, as
+    the original did: the last match anywhere, so an answer the evaluator failed to give can be
+    found in the prompt or the (prefilled) CoT.
     """
     import json
 
@@ -46,7 +51,13 @@ def score_generations(spec: DatasetSpec, items: pl.DataFrame, generations: pl.Da
         raise ValueError(f"{len(unknown)} generation rows name items not in the dataset: {unknown[:5]}")
     categories = {i: adapter.category(item) for i, item in by_id.items()}
     out = {k: [] for k in SCORE_SCHEMA}
-    for item_id, text in zip(ids, generations["answer_text"].to_list()):
+    if answer_scope not in ("answer", "paper"):
+        raise ValueError(f"answer_scope: expected answer or paper, got {answer_scope!r}")
+    texts = generations["answer_text"]
+    if answer_scope == "paper":
+        texts = generations.select(pl.concat_str([pl.col(c).fill_null("") for c in ("prompt", "thinking", "answer_text")
+                                                  if c in generations.columns]))[:, 0]
+    for item_id, text in zip(ids, texts.to_list()):
         s = adapter.parse_and_score(text, by_id[item_id])
         out["answer"].append(s.answer)
         out["valid"].append(bool(s.valid))

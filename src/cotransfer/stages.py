@@ -252,8 +252,9 @@ def generate(study: Study, dataset: str, model: str, items_path: str, manifest: 
     _record_models(prov, {model: (info, engine)})
     _write_outputs(result, {keys[c]: out[c] for c in keys}, prov, engine)
     cot_prov = {**prov, "extra": {**(prov.get("extra") or {}), "inference": _inference_prov(engine)}}
-    io.write_parquet(cots_from_generations(result[keys["default"]], model), out["cot_default"], cot_prov)
-    io.write_parquet(cots_from_generations(result[keys["sampled"]], model), out["cot_sampled"], cot_prov)
+    collapse = study.compat.collapse_ws
+    io.write_parquet(cots_from_generations(result[keys["default"]], model, collapse=collapse), out["cot_default"], cot_prov)
+    io.write_parquet(cots_from_generations(result[keys["sampled"]], model, collapse=collapse), out["cot_sampled"], cot_prov)
 
 
 def prefill(study: Study, dataset: str, evaluator: str, stage: str, items_path: str, manifest: str,
@@ -406,18 +407,18 @@ def strip(study: Study, dataset: str, group: str, items_path: str, declared: lis
 
 def _filter_model_drops(study: Study, engine, sentence_lists: list) -> list[tuple[set[int], str]]:
     """The filter model (thinking closed empty) over every CoT, in shards of `engine.shard_size`
-    (one batched call each, progress logged); only its new text is parsed."""
+    (one batched call each, progress logged); only its new text is parsed. Each reply may be
+    `strip.filter_reply_budget(n)` tokens long for n sentences (capped by the context)."""
     from cotransfer import strip as S
     from cotransfer.config import GREEDY
     from cotransfer.engine import Request
     from cotransfer.formats import get_format
 
-    fmt = get_format(study.model(study.strip_model).family)
-    reqs = []
-    for ss in sentence_lists:
-        rendered = engine.tokenizer.apply_chat_template(S.filter_prompt(ss), tokenize=False,
-                                                        add_generation_prompt=True)
-        reqs.append(Request(fmt.empty(fmt.open(rendered)), 256, GREEDY, stop=fmt.stops))
+    family = study.model(study.strip_model).family
+    fmt = get_format(family)
+    # the reply budget grows with the sentence count (the engine caps it by the context left)
+    reqs = [Request(S.render_filter_prompt(engine.tokenizer, family, ss), S.filter_reply_budget(len(ss)), GREEDY,
+                    stop=fmt.stops) for ss in sentence_lists]
     size = study.engine.get("shard_size") or max(len(reqs), 1)
     outs = []
     for k in range(0, len(reqs), size):
@@ -431,7 +432,8 @@ def score(study: Study, dataset: str, items_path: str, generation_paths: list[st
     from cotransfer.scoring import score_generations
 
     gens = pl.concat([pl.read_parquet(p) for p in generation_paths], how="vertical")
-    scored = score_generations(study.datasets[dataset], pl.read_parquet(items_path), gens)
+    scored = score_generations(study.datasets[dataset], pl.read_parquet(items_path), gens,
+                               answer_scope="paper" if study.compat.answer_scope else "answer")
     io.write_parquet(scored, out, prov)
 
 
@@ -467,6 +469,8 @@ def metric_tables(study: Study, answers, *, bootstrap: int, permutations: int, s
         tables["ii_task_accuracy"] = ii_metrics.ii_task_accuracy(main.filter(pl.col("dataset").is_in(ii)))
     if cot_only:
         tables["post_training"] = metrics.post_training(answers, tags, accuracy_table=tables["accuracy"])
+    if study.compat.selfcons_default_source:  # the original's default side: the A->A transfer run
+        tables["self_consistency"] = metrics.self_consistency(metrics.paper_default_source(main), bootstrap, seed)
     return tables
 
 
@@ -544,7 +548,8 @@ def figures(study: Study, tables: dict[str, str], out_dir: str, declared: list[s
     from cotransfer import plan
 
     frames = {name: pl.read_parquet(path) for name, path in tables.items()}
-    result = F.render_all(frames, out_dir, ii_datasets=plan.ii_datasets(study))
+    result = F.render_all(frames, out_dir, ii_datasets=plan.ii_datasets(study),
+                          pool_variants=study.compat.fig1_pooling)
     written = {str(Path(p)) for v in result.values() if isinstance(v, list) for p in v}
     missing = sorted(p for p in declared if str(Path(p)) not in written)
     if missing:

@@ -10,9 +10,10 @@ Two ways to choose the sentences to drop:
 
 - `strip_rule`: a deterministic CPU rule (the demo's default; the exact rule is in its
   docstring).
-- the filter model, index mode: `filter_prompt` builds the chat messages, the caller runs the
-  model, `parse_filter_output` reads the reply (new text only) and `strip_with_drops` applies
-  it. Sentences are shown numbered from 1, because models number that way; the parsed drop set
+- the filter model, index mode: `filter_prompt` builds the chat messages
+  (`render_filter_prompt`: the whole prompt string, thinking closed), the caller runs the model
+  with `filter_reply_budget` new tokens, `parse_filter_output` reads the reply (new text only)
+  and `strip_with_drops` applies it. Sentences are shown numbered from 1, because models number that way; the parsed drop set
   is 0-based, like sentence indices everywhere else.
 """
 
@@ -312,6 +313,36 @@ def filter_prompt(sentences: Sequence[Sentence | str]) -> list[dict]:
         "for example [3, 7], or [] if there are none."
     )
     return [{"role": "system", "content": FILTER_SYSTEM}, {"role": "user", "content": user}]
+
+
+def render_filter_prompt(tokenizer, family: str, sentences: Sequence[Sentence | str]) -> str:
+    """The filter model's whole prompt as a string: `filter_prompt` through the model's chat
+    template, then its thinking section opened and closed empty (thinking off), so the reply is
+    the answer itself. What the strip stage sends and what `toymodels` trains the toy filter on."""
+    from cotransfer.formats import get_format
+
+    fmt = get_format(family)
+    rendered = tokenizer.apply_chat_template(filter_prompt(sentences), tokenize=False, add_generation_prompt=True)
+    return fmt.empty(fmt.open(rendered))
+
+
+def filter_reply(drop: Iterable[int]) -> str:
+    """The canonical reply to `filter_prompt` for a 0-based drop set: the JSON list of the
+    1-based numbers, ascending ("[2, 3]", "[]"); `parse_filter_output` reads it back."""
+    return "[" + ", ".join(str(i + 1) for i in sorted(set(drop))) + "]"
+
+
+#: Reply budget of the filter model (index mode): room for a list of every sentence number plus
+#: a margin for a model that writes a few words around it.
+FILTER_REPLY_MARGIN = 64
+
+
+def filter_reply_budget(n: int) -> int:
+    """New tokens the filter model may write for `n` numbered sentences: enough to list all of
+    them ("[1, 2, ..., n]": each number's digits, one token each in the worst case, plus ", ")
+    and `FILTER_REPLY_MARGIN`. Grows with the CoT, so a long CoT's list is never cut off (a
+    reply cut off is a bad_filter_output); the engine caps it by what the context has left."""
+    return max(n, 0) * (len(str(max(n, 1))) + 2) + FILTER_REPLY_MARGIN
 
 
 _INT_LIST = re.compile(r"\[\s*(?:-?\d+\s*(?:,\s*-?\d+\s*)*)?\]")

@@ -82,11 +82,24 @@ RECIPES: dict[str, dict] = {
     "toy_opent": {"family": "openthinker", "seed": 6, "style": "words", "steps": 1800},
     "toy_weak": {"family": "think", "seed": 4, "style": "symbols", "steps": 600},  # half the training
 }
+#: The demo's answer-removal filter (`strip.method: llm`): an instruct model, thinking off, that
+#: reads numbered sentences and answers the JSON list of those that state the answer (see
+#: `train_filter`). `cotransfer train-toys data/models toy_filter` rebuilds it.
+FILTER_RECIPES: dict[str, dict] = {
+    "toy_filter": {"family": "plain", "seed": 11, "steps": 700},
+}
 #: The task the recipes train on (the demo's `toyarith` options must match).
 TASK = {"steps": 3, "modulus": 10}
 TRAIN_DEFAULTS = {"hidden_size": 128, "num_layers": 2, "num_heads": 4, "head_dim": 32, "batch_size": 32,
                   "lr": 2e-3, "warmup": 100, "reading_fraction": 0.1, "error_rate": 0.5,
                   "empty_fraction": 0.05}
+#: The filter's defaults: three layers (finding the answer, then every sentence that states it,
+#: in order), a vocabulary that also covers the prompt's English, and the CoTs it sees (module doc
+#: of `filter_cot`).
+FILTER_DEFAULTS = {"task": "filter", "hidden_size": 128, "num_layers": 3, "num_heads": 4, "head_dim": 32,
+                   "batch_size": 32, "lr": 2e-3, "warmup": 50, "vocab_size": 768, "max_chain": 6,
+                   "flawed_fraction": 0.25, "noisy_fraction": 0.15, "mixed_fraction": 0.3,
+                   "truncated_fraction": 0.15}
 
 
 def cot_text(chain, style: str, trace=None) -> str:
@@ -137,7 +150,8 @@ def _write_tokenizer(out: Path, family: str, params: dict) -> None:
         vocab_size=int(params.get("vocab_size", 512)), special_tokens=SPECIAL,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
     )
-    tok.train_from_iterator(corpus(seed=int(params.get("seed", 0))), trainer=trainer)
+    text = (filter_corpus if params.get("task") == "filter" else corpus)(seed=int(params.get("seed", 0)))
+    tok.train_from_iterator(text, trainer=trainer)
     opener = (get_format(family).opener + "\n") if params.get("opens_thinking") else ""
     PreTrainedTokenizerFast(
         tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
@@ -241,10 +255,17 @@ def train(out_dir: str | Path, family: str, params: dict) -> Path:
     Deterministic for a given seed and torch thread count. About 4 minutes for 1200 steps of
     batch 32 on one thread (2 layers, width 128).
     """
-    import torch
-
     params = {**TRAIN_DEFAULTS, **params}
     out, tok = _prepare(out_dir, family, params)
+    return _fit(out, tok, family, params, _batch)
+
+
+def _fit(out: Path, tok, family: str, params: dict, make_batch) -> Path:
+    """The training loop shared by the reasoning models and the filter: AdamW, linear warmup
+    then cosine decay, gradient clipping at 1; `make_batch(tok, family, params, rng)` gives
+    (ids, attention mask, labels with -100 where there is no loss)."""
+    import torch
+
     model = _model(tok, params, initializer_range=0.02)
     seed, steps, peak, warmup = int(params["seed"]), int(params["steps"]), float(params["lr"]), int(params["warmup"])
     rng = random.Random(seed * 7919)
@@ -253,7 +274,7 @@ def train(out_dir: str | Path, family: str, params: dict) -> Path:
     t0 = time.perf_counter()
     losses = []
     for step in range(steps):
-        ids, mask, labels = _batch(tok, family, params, rng)
+        ids, mask, labels = make_batch(tok, family, params, rng)
         lr = peak * min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * step / steps))
         for group in opt.param_groups:
             group["lr"] = lr
@@ -320,6 +341,11 @@ def _train_recipe(out_root: str, name: str) -> tuple[Path, dict]:
     torch.set_num_threads(1)  # one thread per model: determinism does not depend on the machine
     if not logging.getLogger().handlers:  # a spawned worker: report progress like the parent
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    if name in FILTER_RECIPES:
+        recipe = dict(FILTER_RECIPES[name])
+        family = recipe.pop("family")
+        path = train_filter(Path(out_root) / name, family, recipe)
+        return path, evaluate_filter(path, family)
     recipe = dict(RECIPES[name])
     family = recipe.pop("family")
     path = train(Path(out_root) / name, family, recipe)
@@ -328,13 +354,137 @@ def _train_recipe(out_root: str, name: str) -> tuple[Path, dict]:
 
 def train_recipes(out_root: str | Path, names: list[str] | None = None, jobs: int | None = None
                   ) -> list[tuple[Path, dict]]:
-    """Train the demo's models (`RECIPES`) into `out_root/<name>`, `jobs` at a time (default: one
-    per core), each on one thread; return (path, held-out accuracy) per model."""
+    """Train the demo's models (`RECIPES` and `FILTER_RECIPES`, default all) into
+    `out_root/<name>`, `jobs` at a time (default: one per core), each on one thread; return
+    (path, held-out scores) per model: `evaluate`'s accuracies for a reasoning model,
+    `evaluate_filter`'s exact-match and parseable shares for the filter."""
     import multiprocessing
     import os
     from concurrent.futures import ProcessPoolExecutor
 
-    names = names or list(RECIPES)
+    names = names or [*RECIPES, *FILTER_RECIPES]
     jobs = max(1, min(jobs or os.cpu_count() or 1, len(names)))
     with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
         return list(pool.map(_train_recipe, [str(out_root)] * len(names), names))
+
+
+# -- the answer-removal filter ---------------------------------------------------------------------
+
+
+def filter_corpus(n: int = 400, seed: int = 0) -> list[str]:
+    """Tokenizer text for the filter: the toy task's text and, often enough for whole-word
+    merges, the fixed text of the filter prompt (`strip.filter_prompt`)."""
+    from cotransfer.strip import filter_prompt
+
+    fixed = [m["content"] for m in filter_prompt(["1+2=3.", "3 - 1 -> 2;", "2 times 2 is 4."])]
+    return corpus(n, seed) + fixed * 50 + ["[1, 2, 3]", "[]", "[2]", "[1, 3]"] * 20
+
+
+def filter_cot(rng: random.Random, params: dict | None = None) -> str:
+    """A CoT of the kind the demo's filter must strip: a `toyarith` chain of 1 to `max_chain`
+    steps in one style (or, `mixed_fraction` of the time, a style per step, as in an ensemble's
+    thought), with its own trace, a flawed one (one wrong step carried through) or a noisy one
+    (every value random, as a weak model writes them); `truncated_fraction` of them cut off at a
+    random character, as when the thinking budget runs out."""
+    from cotransfer.datasets.toyarith import make_chain
+
+    p = {**FILTER_DEFAULTS, **(params or {})}
+    m = TASK["modulus"]
+    chain = make_chain(rng, rng.randint(1, int(p["max_chain"])), m)
+    draw = rng.random()
+    if draw < float(p["flawed_fraction"]) and len(chain.trace) > 2:
+        trace = flawed_trace(chain, rng, m)
+        values = list(zip(trace[:-1], trace[1:]))
+    elif draw < float(p["flawed_fraction"]) + float(p["noisy_fraction"]):
+        values = [(rng.randrange(m), rng.randrange(m)) for _ in chain.ops]
+    else:
+        values = list(zip(chain.trace[:-1], chain.trace[1:]))
+    names = list(STYLES)
+    one = rng.choice(names)
+    mixed = rng.random() < float(p["mixed_fraction"])
+    text = " ".join(STYLES[rng.choice(names) if mixed else one](b, op, x, a) for (op, x), (b, a) in zip(chain.ops, values))
+    if rng.random() < float(p["truncated_fraction"]) and len(text) > 2:
+        text = text[: rng.randrange(2, len(text))].rstrip()
+    return text
+
+
+def filter_labels(cot: str, sentences=None) -> tuple[int, ...]:
+    """The 0-based sentences the filter should drop: the project's rule method (`strip_rule`)
+    with the answer the CoT itself arrives at (`stated_answer`: its last number), which is how
+    the rule method strips a thought with no answer phase of its own."""
+    from cotransfer.strip import stated_answer, strip_rule
+
+    return strip_rule(cot, stated_answer(cot), sentences=sentences).dropped
+
+
+def filter_example(tok, family: str, cot: str) -> tuple[list[int], list[int]]:
+    """(prompt ids, completion ids) of one filter example: the prompt the strip stage sends
+    (`strip.render_filter_prompt` over `cotransfer.sentences.split`), and the canonical reply
+    (`strip.filter_reply` of `filter_labels`) followed by EOS."""
+    from cotransfer.sentences import split
+    from cotransfer.strip import filter_reply, render_filter_prompt
+
+    sents = split(cot)
+    prompt = render_filter_prompt(tok, family, sents)
+    reply = filter_reply(filter_labels(cot, sents)) + tok.eos_token
+    return tok.encode(prompt, add_special_tokens=False), tok.encode(reply, add_special_tokens=False)
+
+
+def _filter_batch(tok, family: str, params: dict, rng: random.Random):
+    """One filter batch, left-aligned and padded; loss on the reply (and its EOS) only."""
+    import torch
+
+    rows = [filter_example(tok, family, filter_cot(rng, params)) for _ in range(int(params["batch_size"]))]
+    width = max(len(p) + len(c) for p, c in rows)
+    ids = torch.full((len(rows), width), tok.pad_token_id)
+    labels = torch.full((len(rows), width), -100)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, (p, c) in enumerate(rows):
+        ids[i, : len(p) + len(c)] = torch.tensor(p + c)
+        labels[i, len(p): len(p) + len(c)] = torch.tensor(c)
+        mask[i, : len(p) + len(c)] = 1
+    return ids, mask, labels
+
+
+def train_filter(out_dir: str | Path, family: str, params: dict) -> Path:
+    """Train the toy answer-removal filter into `out_dir`; return the path.
+
+    Index mode of method.md section 5: the prompt is exactly what the strip stage renders for
+    the CoT's sentences (`strip.render_filter_prompt`, numbered by `cotransfer.sentences`), the
+    target is the JSON list of the 1-based numbers of the sentences that state the answer, then
+    EOS. "States the answer" is decided by the project's rule method (`filter_labels`), on
+    `toyarith` CoTs in every style (`filter_cot`). The same architecture as the reasoning models
+    (Qwen2, float32, head_dim 32), one layer more. Deterministic for a given seed and thread count.
+    """
+    params = {**FILTER_DEFAULTS, **params}
+    out, tok = _prepare(out_dir, family, params)
+    return _fit(out, tok, family, params, _filter_batch)
+
+
+def evaluate_filter(model_dir: str | Path, family: str, n: int = 200, seed: int = 4242,
+                    params: dict | None = None) -> dict[str, float]:
+    """Held-out check through transformers (greedy): on `n` CoTs from `filter_cot` with a seed
+    training does not use, the share of replies that parse (`strip.parse_filter_output`) and the
+    share whose drop set equals the rule's exactly. The pipeline runs the same through vLLM."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from cotransfer.sentences import split
+    from cotransfer.strip import filter_reply_budget, parse_filter_output, render_filter_prompt
+
+    tok, fmt = load_tokenizer(model_dir), get_format(family)
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir)).eval()
+    rng = random.Random(seed)
+    parsed = exact = 0
+    for _ in range(n):
+        cot = filter_cot(rng, params)
+        sents = split(cot)
+        ids = torch.tensor([tok.encode(render_filter_prompt(tok, family, sents), add_special_tokens=False)])
+        with torch.no_grad():
+            gen = model.generate(ids, max_new_tokens=filter_reply_budget(len(sents)), do_sample=False,
+                                 pad_token_id=tok.pad_token_id)
+        reply = fmt.answer_text(tok.decode(gen[0, ids.shape[1]:], skip_special_tokens=True))
+        drop, status = parse_filter_output(reply, len(sents))
+        parsed += status == "ok"
+        exact += status == "ok" and drop == set(filter_labels(cot, sents))
+    return {"exact_match": exact / n, "parseable": parsed / n}

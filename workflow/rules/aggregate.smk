@@ -14,6 +14,7 @@ rule aggregate:
         f"logs/aggregate.log",
     params:
         code=code("aggregate.py"),
+        compat=STUDY.compat.params("metrics"),
         metrics={"bootstrap": STUDY.metrics_bootstrap, "permutations": STUDY.metrics_permutations},
     script:
         "../scripts/aggregate.py"

@@ -262,7 +262,13 @@ def _run_params(wildcards, script):
         "decoding": asdict(STUDY.decoding_for(wildcards.dataset)),
         "ensemble": ({**STUDY.ensembles[wildcards.ensemble].params(), "version": ENSEMBLE_VERSION}
                      if hasattr(wildcards, "ensemble") else None),
+        "compat": {k: v for where in COMPAT_WHERE[script] for k, v in STUDY.compat.params(where).items()},
     }
+
+
+# which compat switches (cotransfer.config.COMPAT_SWITCHES, by where they act) define a stage's results
+COMPAT_WHERE = {"generate.py": ("prompt", "cots"), "prefill.py": ("prompt", "prefill"),
+                "ensemble.py": ("prompt", "ensemble", "cots")}
 
 
 def strip_params(wildcards):
@@ -272,7 +278,8 @@ def strip_params(wildcards):
 
 
 def score_params(wildcards):
-    return {"dataset": _dataset_params(wildcards.dataset), "code": code("score.py")}
+    return {"dataset": _dataset_params(wildcards.dataset), "code": code("score.py"),
+            "compat": STUDY.compat.params("score")}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ rule figures:
     params:
         **figure_caption_params(),
         code=code("figures.py"),
+        compat=STUDY.compat.params("figures"),
     script:
         "../scripts/figures.py"
 
