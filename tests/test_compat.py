@@ -245,3 +245,30 @@ def test_paper_compat_plans_the_study(tmp_path):
     counts = job_counts(out)
     assert counts["generate"] == 10 and counts["ensemble"] == 6 and counts["figures"] == 1
     assert "results/paper-compat/tables/answers.parquet" in out
+
+
+def test_breakdown_grouping_paper_draws_tolerance_agreement_as_inconsistent():
+    from matplotlib.colors import to_hex
+
+    from cotransfer import figures
+
+    br = pl.DataFrame({"dataset": ["d"] * 5, "condition": ["transfer"] * 5, "variant": ["full"] * 5,
+                       "cot_source": ["s"] * 5, "category": list(figures.BREAKDOWN_CATEGORIES),
+                       "share": [0.2] * 5, "n_rows": [10] * 5, "same_diff_correctness": [0] * 5})
+
+    def colours(fig):
+        return [to_hex(p.get_facecolor()) for p in fig.axes[0].patches]
+
+    corrected, paper = colours(figures.breakdown_figure(br)), colours(figures.breakdown_figure(br, paper_grouping=True))
+    tolerance = list(figures.BREAKDOWN_CATEGORIES).index("different_both_correct")
+    assert corrected[tolerance] == "#d9ef8b" and paper[tolerance] == "#fdae61"  # green -> orange
+    assert [c for i, c in enumerate(paper) if i != tolerance] == [c for i, c in enumerate(corrected) if i != tolerance]
+
+
+def test_preference_may_mix_answer_modes_only_under_paper(demo_config):
+    demo_config["preference"] = {"ratings": "data/ratings.csv", "sources": {
+        "A": {"condition": "transfer", "cot_source": "toy_qwq", "variant": "stripped", "dataset": "toyarith"},
+        "B": {"condition": "ensemble", "cot_source": "qwq_dapo__opent", "variant": "full", "dataset": "toyarith"}}}
+    with pytest.raises(ConfigError, match="mix answer modes.*compat.preference_modes"):
+        _study(demo_config, "corrected")
+    assert _study(demo_config, {"preference_modes": "paper"}).preference is not None

@@ -88,6 +88,7 @@ def test_preference_is_optional_and_typed(demo_config):
     assert Study.from_dict(validate(demo_config)).preference is None
     assert "preference" not in demo_config  # no default is filled in
     demo_config["preference"] = _preference()
+    demo_config["compat"] = {"preference_modes": "paper"}  # the original's stripped/full mix
     pref = Study.from_dict(validate(demo_config)).preference
     assert pref.ratings == "tests/fixtures/ratings_demo.csv"
     assert [s.label for s in pref.sources] == ["transfer_dapo", "ensemble_qwq_dapo__opent"]

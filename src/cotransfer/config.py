@@ -261,6 +261,10 @@ COMPAT_SWITCHES = {
     "ensemble_seed": ("ensemble", "every step samples from the same seed (the global seed), not "
                                   "a seed derived per step"),
     "fig1_pooling": ("figures", "the overview figure pools full and stripped CoTs"),
+    "breakdown_grouping": ("figures", "the breakdown figure draws 'different answers, both correct' "
+                                      "(tolerance agreement) among the inconsistent categories"),
+    "preference_modes": ("config", "the preference correlation may mix answer modes across sources "
+                                   "(the original: stripped Transfer, full-text Ensembles)"),
     "selfcons_default_source": ("metrics", "self-consistency compares with the A->A full transfer "
                                            "run instead of the free-run default"),
 }
@@ -395,7 +399,8 @@ class Study:
         )
 
     @staticmethod
-    def _preference(c: dict, models: dict, ensembles: dict, datasets: dict) -> PreferenceSpec | None:
+    def _preference(c: dict, models: dict, ensembles: dict, datasets: dict,
+                    compat: "Compat") -> PreferenceSpec | None:
         p = c.get("preference")
         if p is None:
             return None
@@ -414,6 +419,12 @@ class Study:
             sources.append(PreferenceSource(label=label, condition=v["condition"],
                                             cot_source=v["cot_source"], variant=v["variant"],
                                             dataset=v["dataset"]))
+        modes = sorted({s.variant for s in sources})
+        if len(modes) > 1 and not compat.preference_modes:
+            raise ConfigError(
+                f"preference.sources: the rated sources mix answer modes ({', '.join(modes)}), so their "
+                "ratings would be correlated with consistencies of different kinds; use one variant, or "
+                "set compat.preference_modes: paper to reproduce the original's mix")
         return PreferenceSpec(ratings=p["ratings"], sources=tuple(sources))
 
     @classmethod
@@ -515,7 +526,7 @@ class Study:
             metrics_bootstrap=int((c.get("consistency") or {}).get("bootstrap", 1000)),
             metrics_permutations=int((c.get("consistency") or {}).get("permutations", 1000)),
             engine=dict(c.get("engine") or {}),
-            preference=cls._preference(c, models, ensembles, datasets),
+            preference=cls._preference(c, models, ensembles, datasets, compat),
             compat=compat,
             raw=c,
         )

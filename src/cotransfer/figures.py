@@ -585,15 +585,25 @@ def transfer_accuracy_figure(accuracy: pl.DataFrame) -> Figure:
     return fig
 
 
-def breakdown_figure(breakdown: pl.DataFrame) -> Figure:
+PAPER_BREAKDOWN_CATEGORIES = {  # the original's grouping: tolerance agreement drawn as inconsistent
+    "same_both_correct": BREAKDOWN_CATEGORIES["same_both_correct"],
+    "same_both_wrong": BREAKDOWN_CATEGORIES["same_both_wrong"],
+    "different_both_correct": ("different answers, both correct", "#fdae61"),
+    "one_correct": BREAKDOWN_CATEGORIES["one_correct"],
+    "different_both_wrong": BREAKDOWN_CATEGORIES["different_both_wrong"],
+}
+
+
+def breakdown_figure(breakdown: pl.DataFrame, *, paper_grouping: bool = False) -> Figure:
     """F5: per condition group, the pair-rows pooled over evaluator pairs split into the five
     agreement categories of §8.2, as stacked shares. Green = consistent under the paper rule, with
     the two darkest also consistent under the strict rule. One panel per dataset (rows) and answer
     mode (columns). A non-zero sanity count (same answer, different correctness) is flagged in the
-    panel title."""
+    panel title. `paper_grouping` (`compat.breakdown_grouping`) draws tolerance agreement in an
+    inconsistent colour, as the original did, so the green bars are the strict consistency."""
     df = _frame(breakdown)
     datasets, variants = _datasets(df), _variants(df)
-    categories = dict(BREAKDOWN_CATEGORIES)
+    categories = dict(PAPER_BREAKDOWN_CATEGORIES if paper_grouping else BREAKDOWN_CATEGORIES)
     for extra in sorted(set(df["category"].unique()) - set(categories)):
         categories[extra] = (extra, "#756bb1")
     n_cats = max(_in_panel(df.filter(pl.col("dataset") == d), v).select("condition", "cot_source").unique().height
@@ -957,7 +967,8 @@ def _twins(stem: str, df: pl.DataFrame, build: Callable[[str], Figure],
 
 def plan_figures(tables: Mapping[str, pl.DataFrame | pl.LazyFrame | None], *,
                  ii_datasets: Iterable[str] | None = None,
-                 colors: Mapping[str, str] | None = None, pool_variants: bool = False) -> Plan:
+                 colors: Mapping[str, str] | None = None, pool_variants: bool = False,
+                 paper_grouping: bool = False) -> Plan:
     """For each figure id: the (stem, builder) pairs that its tables support, or why it is not drawn.
 
     Table keys (the spec's table names): consistency, consistency_summary, accuracy, breakdown,
@@ -1005,7 +1016,7 @@ def plan_figures(tables: Mapping[str, pl.DataFrame | pl.LazyFrame | None], *,
             plan["F4"].append(("accuracy_transfer", lambda: transfer_accuracy_figure(acc)))
 
     br = t.get("breakdown")
-    plan["F5"] = [("breakdown", lambda: breakdown_figure(br))] if br is not None \
+    plan["F5"] = [("breakdown", lambda: breakdown_figure(br, paper_grouping=paper_grouping))] if br is not None \
         else absent("breakdown", "no valid pair-rows")
 
     sc = t.get("self_consistency")
@@ -1079,7 +1090,8 @@ def save_figure(fig: Figure, out_dir: str | os.PathLike, stem: str) -> list[Path
 
 
 def render_all(tables: Mapping[str, pl.DataFrame | pl.LazyFrame | None], out_dir: str | os.PathLike, *,
-               ii_datasets: Iterable[str] | None = None, pool_variants: bool = False) -> dict[str, list[Path] | str]:
+               ii_datasets: Iterable[str] | None = None, pool_variants: bool = False,
+               paper_grouping: bool = False) -> dict[str, list[Path] | str]:
     """Draw every figure F1-F12 the tables support into `out_dir` as PNG and PDF.
 
     Returns, for each figure id, the files written (a consistency figure's strict twin included)
@@ -1094,7 +1106,8 @@ def render_all(tables: Mapping[str, pl.DataFrame | pl.LazyFrame | None], out_dir
     out_dir.mkdir(parents=True, exist_ok=True)
     previous = _listed_files(out_dir / "figures.json")
     result: dict[str, list[Path] | str] = {}
-    for fid, entry in plan_figures(tables, ii_datasets=ii_datasets, pool_variants=pool_variants).items():
+    for fid, entry in plan_figures(tables, ii_datasets=ii_datasets, pool_variants=pool_variants,
+                                   paper_grouping=paper_grouping).items():
         if isinstance(entry, str):
             result[fid] = entry
             continue

@@ -549,7 +549,8 @@ def figures(study: Study, tables: dict[str, str], out_dir: str, declared: list[s
 
     frames = {name: pl.read_parquet(path) for name, path in tables.items()}
     result = F.render_all(frames, out_dir, ii_datasets=plan.ii_datasets(study),
-                          pool_variants=study.compat.fig1_pooling)
+                          pool_variants=study.compat.fig1_pooling,
+                          paper_grouping=study.compat.breakdown_grouping)
     written = {str(Path(p)) for v in result.values() if isinstance(v, list) for p in v}
     missing = sorted(p for p in declared if str(Path(p)) not in written)
     if missing:
