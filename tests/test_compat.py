@@ -272,3 +272,28 @@ def test_preference_may_mix_answer_modes_only_under_paper(demo_config):
     with pytest.raises(ConfigError, match="mix answer modes.*compat.preference_modes"):
         _study(demo_config, "corrected")
     assert _study(demo_config, {"preference_modes": "paper"}).preference is not None
+
+
+def test_ii_source_cot_parse_paper_cuts_the_source_output_at_the_target_marker():
+    from cotransfer.inference import cots_from_generations, paper_source_cots
+
+    gen = pl.DataFrame({"dataset": ["ii"] * 2, "item_id": ["1", "2"], "sample": [0, 0],
+                        "thinking": ["Pairs are opposites.", "Still thinking"], "closed": [True, False],
+                        "answer_text": ["Write the antonym.", ""]})
+    cots = cots_from_generations(gen, "qwq", fmt=get_format("think"))
+    assert cots["cot"].to_list() == ["Pairs are opposites.", "Still thinking"]  # corrected: the source's markers
+    assert cots["raw"].to_list() == ["Pairs are opposites.</think>Write the antonym.", "Still thinking"]
+    # a target with the same markers reads the same CoT; another family finds no close marker of
+    # its own and reads the whole decoded output, the source's answer included
+    assert paper_source_cots(cots, get_format("think"))["cot"].to_list() == cots["cot"].to_list()
+    assert paper_source_cots(cots, get_format("openthinker"))["cot"].to_list() == cots["raw"].to_list()
+    with pytest.raises(ValueError, match="raw"):
+        paper_source_cots(cots.drop("raw"), get_format("think"))
+
+
+def test_docs_name_every_switch():
+    text = (ROOT / "docs/compat.md").read_text()
+    schema = yaml.safe_load((ROOT / "workflow/schemas/config.schema.yaml").read_text())
+    in_schema = set(schema["properties"]["compat"]["oneOf"][1]["properties"])
+    assert in_schema == set(COMPAT_SWITCHES)
+    assert all(f"`{k}`" in text for k in COMPAT_SWITCHES)

@@ -254,6 +254,8 @@ COMPAT_SWITCHES = {
                             "stored and transferred"),
     "oss_effort_transfer_eval": ("prefill", "OSS as the evaluator of MedCalc transfer runs uses "
                                             "reasoning effort medium"),
+    "ii_source_cot_parse": ("prefill", "Instruction Induction: a transferred full CoT is the source's "
+                                       "decoded output cut at the target's close marker, or all of it"),
     "ensemble_scoring": ("ensemble", "candidates ranked by the perplexity of context + candidate "
                                      "(every ensemble's `scoring:` becomes paper)"),
     "ensemble_stop": ("ensemble", "a thought ends only on `</think>` (a think-family generator's "

@@ -353,14 +353,34 @@ def collapse_ws(cot: pl.Expr) -> pl.Expr:
     return cot.str.replace_all(r"\s+", " ").str.strip_chars()
 
 
-def cots_from_generations(gen: pl.DataFrame, cot_source: str, *, collapse: bool = False) -> pl.DataFrame:
+def cots_from_generations(gen: pl.DataFrame, cot_source: str, *, collapse: bool = False,
+                          fmt: Format | None = None) -> pl.DataFrame:
     """The CoT table of a free run: its thinking text per (item, sample); whitespace collapsed
-    under `compat.collapse_ws`."""
+    under `compat.collapse_ws`. With the source's format, also `raw`: the source's whole output
+    as decoded text (thinking, then, if it closed its thought, its closer, answer opener and
+    answer), which `compat.ii_source_cot_parse` re-parses with each target's markers."""
     cot = pl.col("thinking").fill_null("")
+    extra = []
+    if fmt is not None:
+        after = pl.concat_str([pl.lit(fmt.closer + fmt.answer_opener), pl.col("answer_text").fill_null("")])
+        extra = [pl.concat_str([cot, pl.when(pl.col("closed")).then(after).otherwise(pl.lit(""))]).alias("raw")]
     return gen.select(
         "dataset", "item_id", "sample", pl.lit(cot_source).alias("cot_source"),
-        (collapse_ws(cot) if collapse else cot).alias("cot"),
+        (collapse_ws(cot) if collapse else cot).alias("cot"), *extra,
     ).cast(COT_SCHEMA)
+
+
+def paper_source_cots(cots: pl.DataFrame, target: Format) -> pl.DataFrame:
+    """`compat.ii_source_cot_parse`: the CoT as the original took it in Instruction Induction,
+    from the source's decoded output parsed with the *target's* markers: the text before the
+    target's closer, or the whole decoded text when the target's closer is not in it (then the
+    source's own closer and answer go along into the target's thinking)."""
+    if "raw" not in cots.columns:
+        raise ValueError("the CoT table has no `raw` column (the source's decoded output): re-run its "
+                         "generate job to reproduce compat.ii_source_cot_parse")
+    raw = pl.col("raw").fill_null("")
+    return cots.with_columns(cot=raw.str.split_exact(target.closer, 1).struct.field("field_0")
+                             if target.closer else raw)
 
 
 def items_list(items: pl.DataFrame) -> list[dict]:

@@ -252,9 +252,9 @@ def generate(study: Study, dataset: str, model: str, items_path: str, manifest: 
     _record_models(prov, {model: (info, engine)})
     _write_outputs(result, {keys[c]: out[c] for c in keys}, prov, engine)
     cot_prov = {**prov, "extra": {**(prov.get("extra") or {}), "inference": _inference_prov(engine)}}
-    collapse = study.compat.collapse_ws
-    io.write_parquet(cots_from_generations(result[keys["default"]], model, collapse=collapse), out["cot_default"], cot_prov)
-    io.write_parquet(cots_from_generations(result[keys["sampled"]], model, collapse=collapse), out["cot_sampled"], cot_prov)
+    kw = {"collapse": study.compat.collapse_ws, "fmt": job.fmt}
+    io.write_parquet(cots_from_generations(result[keys["default"]], model, **kw), out["cot_default"], cot_prov)
+    io.write_parquet(cots_from_generations(result[keys["sampled"]], model, **kw), out["cot_sampled"], cot_prov)
 
 
 def prefill(study: Study, dataset: str, evaluator: str, stage: str, items_path: str, manifest: str,
@@ -264,7 +264,7 @@ def prefill(study: Study, dataset: str, evaluator: str, stage: str, items_path: 
     every ensemble's CoT (stage `ensemble`). One table per cell; `declared` (the rule's outputs)
     must be exactly the cells' paths."""
     from cotransfer import plan
-    from cotransfer.inference import Job, items_list, prefill_units, run
+    from cotransfer.inference import Job, items_list, paper_source_cots, prefill_units, run
 
     R = study.results
     cells = plan.prefill_cells(study, stage)
@@ -277,8 +277,11 @@ def prefill(study: Study, dataset: str, evaluator: str, stage: str, items_path: 
                         "answer_phase": {c: asdict(study.sampling_for(evaluator, c))
                                          for c in dict.fromkeys(cell.condition for cell in cells)}}
     units = []
+    paper_ii = study.compat.ii_source_cot_parse and study.datasets[dataset].adapter == "instruction_induction"
     for c in cells:
         cots = pl.read_parquet(c.cots(R, dataset, evaluator))
+        if paper_ii and c.condition == "transfer" and c.variant == "full":
+            cots = paper_source_cots(cots, job.fmt)
         units += prefill_units(job, items, cots, condition=c.condition, variant=c.variant,
                                cot_source=c.cot_source, sampling=study.sampling_for(evaluator, c.condition))
     result = run(job, units, shard_size=study.engine.get("shard_size"), what=f"{stage} {dataset}/{evaluator}")
