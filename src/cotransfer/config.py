@@ -372,6 +372,7 @@ class Study:
     strip_model: str | None
     strip_joiner: str
     consistency_definition: str
+    strip_mode: str = "index"  # strip.mode (method llm): index or rewrite
     metrics_bootstrap: int = 1000  # consistency.bootstrap: resamples over items per CI
     metrics_permutations: int = 1000  # consistency.permutations: per paired consistency test
     engine: dict = field(default_factory=dict)
@@ -524,6 +525,7 @@ class Study:
             strip_method=method,
             strip_model=strip_model,
             strip_joiner=strip.get("joiner", " "),
+            strip_mode=strip.get("mode", "index"),
             consistency_definition=(c.get("consistency") or {}).get("definition", "paper"),
             metrics_bootstrap=int((c.get("consistency") or {}).get("bootstrap", 1000)),
             metrics_permutations=int((c.get("consistency") or {}).get("permutations", 1000)),

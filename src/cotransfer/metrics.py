@@ -1289,7 +1289,8 @@ def ensemble_diagnostics(steps: Frame, rows: Frame, generators: dict[str, tuple[
 
 
 STRIP_QC_SCHEMA = {"dataset": pl.String, "cot_source": pl.String, "kind": pl.String, "n": pl.Int64,
-                   "kept_fraction": pl.Float64, "char_ratio": pl.Float64, "share_all_removed": pl.Float64,
+                   "kept_fraction": pl.Float64, "char_ratio": pl.Float64, "token_ratio": pl.Float64,
+                   "share_all_removed": pl.Float64, "unmatched_sentences": pl.Int64,
                    "share_none_removed": pl.Float64, "share_answer_still_present": pl.Float64,
                    "share_bad_filter_output": pl.Float64, "flag": pl.String}
 
@@ -1299,16 +1300,23 @@ def strip_qc(stripped: Frame, kind: str) -> pl.DataFrame:
     (method.md section 5): `n` CoTs; the mean share of sentences kept (`kept_fraction`, n_out / n_in
     over CoTs with sentences) and of characters (`char_ratio`); the shares of CoTs with every
     sentence removed, with none removed, with the parsed answer still present (over CoTs where
-    that could be checked) and with an unreadable filter reply. `flag` names what deserves a
+    that could be checked) and with an unreadable filter reply; with a filter model, the mean
+    token ratio (its tokens; null for the rule method, which loads no tokenizer) and, in rewrite
+    mode, the reply sentences that matched no original sentence (`unmatched_sentences`). `flag` names what deserves a
     look: `nothing_removed` when no CoT lost a sentence (ratio 1.0), `all_removed` when at least
     half lost every sentence, else null."""
     lf = _require(stripped, ["dataset", "cot_source", "n_in", "n_out", "char_ratio", "status",
                              "answer_still_present"], "stripped CoT table")
     has = pl.col("n_in") > 0
+    names = lf.collect_schema().names()
     out = (lf.group_by("dataset", "cot_source")
            .agg(n=pl.len().cast(pl.Int64),
                 kept_fraction=(pl.col("n_out") / pl.col("n_in")).filter(has).mean(),
                 char_ratio=pl.col("char_ratio").filter(has).mean(),
+                token_ratio=(pl.col("token_ratio").filter(has).mean() if "token_ratio" in names
+                             else pl.lit(None, dtype=pl.Float64)),
+                unmatched_sentences=(pl.col("unmatched").sum() if "unmatched" in names
+                                     else pl.lit(None, dtype=pl.Int64)),
                 share_all_removed=((pl.col("n_out") == 0) & has).mean(),
                 share_none_removed=(pl.col("status") == "nothing_removed").mean(),
                 share_answer_still_present=pl.col("answer_still_present").cast(pl.Float64).mean(),

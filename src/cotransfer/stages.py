@@ -351,8 +351,9 @@ def strip(study: Study, dataset: str, group: str, items_path: str, declared: lis
     (`plan.cot_tables`): each stripped CoT is an ordered subset of the original sentences.
 
     method `rule` drops sentences that state the source's own parsed answer (CPU);
-    method `llm` asks the filter model which sentences state the answer (index mode), in one
-    batched run over every table of the job, so the filter model loads at most once.
+    method `llm` asks the filter model which sentences state the answer (`strip.mode` index),
+    or for the CoT without them (rewrite, mapped back to the original sentences), in one batched
+    run over every table of the job, so the filter model loads at most once.
     """
     from cotransfer import plan
     from cotransfer import strip as S
@@ -382,36 +383,47 @@ def strip(study: Study, dataset: str, group: str, items_path: str, declared: lis
     if study.strip_method == "llm":
         engine, info = load_engine(study, study.strip_model, manifest, prov)
         flat = [spans.get(k, []) for _, keys, spans, _ in prepared for k in keys]
-        all_drops = iter(_filter_model_drops(study, engine, flat))
+        cots = [r["cot"] or "" for recs, _, _, _ in prepared for r in recs]
+        all_drops = iter(_filter_model_drops(study, engine, flat, cots))
         _record_models(prov, {study.strip_model: (info, engine)})
-    prov.setdefault("extra", {}).update(strip_method=study.strip_method, strip_version=S.STRIP_VERSION)
+    prov.setdefault("extra", {}).update(strip_method=study.strip_method, strip_version=S.STRIP_VERSION,
+                                        strip_mode=study.strip_mode if study.strip_method == "llm" else None)
     if engine is not None:
         prov["extra"]["inference"] = _inference_prov(engine)
     schema = {"dataset": pl.String, "item_id": pl.String, "sample": pl.Int64, "cot_source": pl.String,
               "cot": pl.String, "n_in": pl.Int64, "n_out": pl.Int64, "char_ratio": pl.Float64,
-              "status": pl.String, "answer_still_present": pl.Boolean}
+              "token_ratio": pl.Float64, "unmatched": pl.Int64, "status": pl.String,
+              "answer_still_present": pl.Boolean}
     for t, (recs, keys, spans, answers) in zip(tasks, prepared):
         rows = []
         for r, k in zip(recs, keys):
             cot = r["cot"] or ""
             if engine is not None:
-                drop, status = next(all_drops)
+                drop, status, unmatched = next(all_drops)
                 res = S.strip_with_drops(cot, drop, joiner=study.strip_joiner, answer=answers.get(k),
                                          status=status, sentences=spans.get(k, []))
             else:
+                unmatched = None
                 res = S.strip_rule(cot, answers.get(k), joiner=study.strip_joiner, sentences=spans.get(k, []))
+            # token ratio in the filter model's tokens (no tokenizer is loaded for the rule method)
+            token_ratio = (engine.count_tokens(res.text) / engine.count_tokens(cot)
+                           if engine is not None and cot.strip() else None)
             rows.append({**{c: r[c] for c in ("dataset", "item_id", "sample", "cot_source")}, "cot": res.text,
                          "n_in": res.n_in, "n_out": res.n_out, "char_ratio": res.char_ratio,
+                         "token_ratio": token_ratio, "unmatched": unmatched,
                          "status": res.status, "answer_still_present": res.answer_still_present})
         doc = _output_prov(prov, {"source": t.source, "kind": t.kind},
                            [items_path, manifest, t.cots(R, dataset), t.sentences(R, dataset), t.generations(R, dataset)])
         io.write_parquet(pl.DataFrame(rows, schema=schema), t.stripped(R, dataset), doc)
 
 
-def _filter_model_drops(study: Study, engine, sentence_lists: list) -> list[tuple[set[int], str]]:
+def _filter_model_drops(study: Study, engine, sentence_lists: list,
+                        cots: list[str] | None = None) -> list[tuple[set[int], str, int | None]]:
     """The filter model (thinking closed empty) over every CoT, in shards of `engine.shard_size`
-    (one batched call each, progress logged); only its new text is parsed. Each reply may be
-    `strip.filter_reply_budget(n)` tokens long for n sentences (capped by the context)."""
+    (one batched call each, progress logged); only its new text is parsed: (drop set, status,
+    unmatched reply sentences) per CoT. Index mode: a reply may be `strip.filter_reply_budget(n)`
+    tokens long for n sentences; rewrite mode: the CoT's own length plus the same margin (both
+    capped by the context)."""
     from cotransfer import strip as S
     from cotransfer.config import GREEDY
     from cotransfer.engine import Request
@@ -420,14 +432,23 @@ def _filter_model_drops(study: Study, engine, sentence_lists: list) -> list[tupl
     family = study.model(study.strip_model).family
     fmt = get_format(family)
     # the reply budget grows with the sentence count (the engine caps it by the context left)
-    reqs = [Request(S.render_filter_prompt(engine.tokenizer, family, ss), S.filter_reply_budget(len(ss)), GREEDY,
-                    stop=fmt.stops) for ss in sentence_lists]
+    if study.strip_mode == "rewrite":
+        if cots is None:
+            raise ValueError("rewrite mode needs the CoTs' text")
+        reqs = [Request(S.render_rewrite_prompt(engine.tokenizer, family, cot),
+                        engine.count_tokens(cot) + S.FILTER_REPLY_MARGIN, GREEDY, stop=fmt.stops) for cot in cots]
+    else:
+        reqs = [Request(S.render_filter_prompt(engine.tokenizer, family, ss), S.filter_reply_budget(len(ss)), GREEDY,
+                        stop=fmt.stops) for ss in sentence_lists]
     size = study.engine.get("shard_size") or max(len(reqs), 1)
     outs = []
     for k in range(0, len(reqs), size):
         outs += engine.generate(reqs[k:k + size], what=f"answer-removal filter, shard {k // size + 1}/"
                                                         f"{(len(reqs) + size - 1) // size}")
-    return [S.parse_filter_output(fmt.answer_text(o.text), len(ss)) if ss else (set(), "empty_input")
+    if study.strip_mode == "rewrite":
+        return [S.parse_rewrite_output(fmt.answer_text(o.text), ss) if ss else (set(), "empty_input", 0)
+                for ss, o in zip(sentence_lists, outs)]
+    return [(*S.parse_filter_output(fmt.answer_text(o.text), len(ss)), None) if ss else (set(), "empty_input", None)
             for ss, o in zip(sentence_lists, outs)]
 
 
@@ -507,8 +528,13 @@ def strip_report(study: Study, out_table: str, out_csv: str, prov: dict) -> None
     from cotransfer import metrics, plan
 
     R = study.results
-    columns = ["dataset", "cot_source", "n_in", "n_out", "char_ratio", "status", "answer_still_present"]
-    parts = [metrics.strip_qc(pl.read_parquet(t.stripped(R, d), columns=columns), t.kind)
+    columns = ["dataset", "cot_source", "n_in", "n_out", "char_ratio", "token_ratio", "unmatched", "status",
+               "answer_still_present"]
+
+    def read(path):  # tables written before the token ratio was recorded lack its columns
+        return pl.read_parquet(path, columns=[c for c in columns if c in pl.read_parquet_schema(path)])
+
+    parts = [metrics.strip_qc(read(t.stripped(R, d)), t.kind)
              for d in study.datasets for group in plan.COT_GROUPS for t in plan.cot_tables(study, group)]
     table = pl.concat(parts) if parts else pl.DataFrame(schema=metrics.STRIP_QC_SCHEMA)
     io.write_parquet(table, out_table, prov)

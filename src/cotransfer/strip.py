@@ -375,3 +375,60 @@ def parse_filter_output(text: str | None, n: int) -> tuple[set[int], str]:
     if any(not 1 <= v <= n for v in values):
         return bad
     return {v - 1 for v in values}, "ok"
+
+
+# -- the filter model (rewrite mode) ----------------------------------------------------------------
+
+
+def rewrite_prompt(cot: str) -> list[dict]:
+    """Chat messages for rewrite mode (method.md 5, closest to the original): the model gets the
+    explanation as text and replies with the retained text only."""
+    user = (
+        f"Here is the explanation:\n\n{cot}\n\n"
+        "Write it again with every answer sentence removed: reply with only the kept sentences, "
+        "exactly as written and in their original order, and nothing else."
+    )
+    return [{"role": "system", "content": FILTER_SYSTEM}, {"role": "user", "content": user}]
+
+
+def render_rewrite_prompt(tokenizer, family: str, cot: str) -> str:
+    """`rewrite_prompt` through the model's chat template, thinking closed empty (as
+    `render_filter_prompt`)."""
+    from cotransfer.formats import get_format
+
+    fmt = get_format(family)
+    rendered = tokenizer.apply_chat_template(rewrite_prompt(cot), tokenize=False, add_generation_prompt=True)
+    return fmt.empty(fmt.open(rendered))
+
+
+def _normalized(text: str) -> str:
+    """method.md 5's sentence matching key: lowercase, whitespace collapsed, trailing .,;: removed."""
+    return " ".join(text.lower().split()).rstrip(".,;:").rstrip()
+
+
+def parse_rewrite_output(text: str | None, sentences: Sequence[Sentence]) -> tuple[set[int], str, int]:
+    """(0-based indices to drop, status, unmatched output sentences) from a rewrite-mode reply.
+
+    The reply is split into sentences; each is matched to an original sentence by normalized
+    exact match (`_normalized`), searching forward from the last match only, so the kept
+    sentences are a subsequence of the original in its order. Output sentences that match
+    nothing (paraphrases, additions, reorderings) are discarded and counted. An empty or
+    missing reply is a bad_filter_output and drops nothing; a reply of only unmatched text
+    drops everything it did not keep, like any other. Never evaluates the text."""
+    from cotransfer.sentences import split as split_text
+
+    if not isinstance(text, str) or not text.strip():
+        return set(), "bad_filter_output", 0
+    if "</think>" in text:
+        text = text.rsplit("</think>", 1)[1]
+    keys = [_normalized(s.text) for s in sentences]
+    kept, unmatched, pos = set(), 0, 0
+    for out in split_text(text):
+        key = _normalized(out.text)
+        hit = next((j for j in range(pos, len(keys)) if key and keys[j] == key), None)
+        if hit is None:
+            unmatched += 1
+            continue
+        kept.add(hit)
+        pos = hit + 1
+    return set(range(len(sentences))) - kept, "ok", unmatched

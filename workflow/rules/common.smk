@@ -273,6 +273,7 @@ COMPAT_WHERE = {"generate.py": ("prompt", "cots"), "prefill.py": ("prompt", "pre
 
 def strip_params(wildcards):
     return {"method": STUDY.strip_method, "joiner": STUDY.strip_joiner,
+            "mode": STUDY.strip_mode if STUDY.strip_method == "llm" else None,
             "model": _model_params(STUDY.strip_model) if STUDY.strip_method == "llm" else None,
             "code": code("strip.py")}
 
