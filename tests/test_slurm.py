@@ -21,7 +21,8 @@ import polars as pl
 import pytest
 import yaml
 
-from conftest import ROOT, load_yaml
+from conftest import ROOT
+from test_workflow import demo_config_abs
 
 pytestmark = [pytest.mark.slurm, pytest.mark.workflow]
 
@@ -43,13 +44,6 @@ def slurm(tmp_path_factory):
     c.stop()
 
 
-def demo_config() -> dict:
-    cfg = load_yaml("config/demo.yaml")
-    for spec in cfg["models"].values():
-        spec["path"] = str(ROOT / spec["path"])
-    return cfg
-
-
 def run_profile(wd: Path, slurm, *args: str, fault: str | None = None) -> subprocess.CompletedProcess:
     """snakemake with the shipped profile and only the overrides docs/cluster.md documents."""
     env = {**slurm.env(), "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
@@ -64,7 +58,7 @@ def run_profile(wd: Path, slurm, *args: str, fault: str | None = None) -> subpro
 @pytest.fixture(scope="module")
 def demo_on_slurm(slurm, tmp_path_factory):
     wd = tmp_path_factory.mktemp("demo_slurm")
-    (wd / "demo.yaml").write_text(yaml.safe_dump(demo_config()))
+    (wd / "demo.yaml").write_text(yaml.safe_dump(demo_config_abs()))
     proc = run_profile(wd, slurm, fault=FAULT)
     return wd, proc
 
@@ -105,7 +99,7 @@ def test_out_of_memory_retry_asks_for_more(demo_on_slurm):
 
 
 def test_a_job_that_can_never_run_is_named_before_submission(slurm, tmp_path):
-    cfg = demo_config()
+    cfg = demo_config_abs()
     cfg["cluster"] = {"cpu_mem_mb_per_model": slurm.mem_mb // 2}  # the 3-model ensemble exceeds the node
     (tmp_path / "demo.yaml").write_text(yaml.safe_dump(cfg))
     proc = run_profile(tmp_path, slurm)

@@ -13,9 +13,12 @@ from cotransfer.strip import (
     StripResult,
     answer_matcher,
     filter_prompt,
+    filter_reply,
+    filter_reply_budget,
     has_answer_cue,
     parse_filter_output,
     rebuild,
+    render_filter_prompt,
     stated_answer,
     states_answer,
     strip_rule,
@@ -290,6 +293,71 @@ def test_filter_round_trip():
     assert r.answer_still_present is True  # the QC flag catches what the filter missed
 
 
+def test_filter_reply_is_what_the_parser_reads():
+    assert filter_reply({2, 1}) == "[2, 3]" and filter_reply([]) == "[]"
+    assert parse_filter_output(filter_reply({0, 4}), 5) == ({0, 4}, "ok")
+
+
+def test_render_filter_prompt_closes_thinking_after_the_template():
+    from cotransfer.engine import load_tokenizer
+
+    models = Path(__file__).resolve().parents[1] / "data/models"
+    sents = split("6-1=5. 5-9=6. 6-7=9.")
+    # the filter's template does not open the thinking section; toy_qwq's does (opened once)
+    for name, tail in (("toy_filter", "<think></think>"), ("toy_qwq", "</think>")):
+        tok = load_tokenizer(models / name)
+        text = render_filter_prompt(tok, "plain", sents)
+        rendered = tok.apply_chat_template(filter_prompt(sents), tokenize=False, add_generation_prompt=True)
+        assert text.startswith(rendered) and text[len(rendered):] == tail
+        assert "1. 6-1=5.\n2. 5-9=6.\n3. 6-7=9." in text and text.count("<think>") == 1
+
+
+def test_filter_reply_budget_grows_with_the_sentence_count():
+    """The whole list "[1, 2, ..., n]" plus EOS always fits, in a tokenizer that writes every
+    digit as its own token (Qwen's, and the toy models'); the old fixed cap was 256 tokens."""
+    from cotransfer.engine import load_tokenizer
+
+    tok = load_tokenizer(Path(__file__).resolve().parents[1] / "data/models/toy_qwq")
+    budgets = [filter_reply_budget(n) for n in (0, 1, 2, 9, 10, 99, 100, 400, 1000)]
+    assert budgets == sorted(budgets) and len(set(budgets)) == len(budgets)
+    for n in (1, 3, 10, 57, 120, 400):
+        every = filter_reply(range(n))
+        assert len(tok.encode(every + tok.eos_token, add_special_tokens=False)) < filter_reply_budget(n)
+    assert filter_reply_budget(400) > 256
+
+
+def test_filter_stage_sends_the_rendered_prompt_with_a_growing_budget(demo_config):
+    """`stages._filter_model_drops`: one request per CoT, the prompt `render_filter_prompt`
+    makes, the budget `filter_reply_budget` gives for its sentence count; replies parsed."""
+    from cotransfer import stages
+    from cotransfer.config import Study, validate
+    from cotransfer.engine import Completion, load_tokenizer
+
+    root = Path(__file__).resolve().parents[1]
+
+    class Recorder:  # an engine that answers the last sentence's number
+        tokenizer = load_tokenizer(root / "data/models/toy_filter")
+
+        def __init__(self, replies):
+            self.requests, self.replies = [], iter(replies)
+
+        def generate(self, reqs, what=""):
+            self.requests += reqs
+            return [Completion(next(self.replies), 3, "stop") for _ in reqs]
+
+    study = Study.from_dict(validate(demo_config))
+    assert study.strip_method == "llm" and study.model(study.strip_model).family == "plain"
+    cots = ["6-1=5.", "6-1=5. 5-9=6. 6-7=9.", " ".join(f"{i}+1={i + 1}." for i in range(40))]
+    lists = [split(c) for c in cots] + [[]]
+    engine = Recorder(["[1]", "[3]", "[40]", "[1]"])
+    drops = stages._filter_model_drops(study, engine, lists)
+    assert [r.max_tokens for r in engine.requests] == [filter_reply_budget(len(ss)) for ss in lists]
+    assert engine.requests[2].max_tokens > filter_reply_budget(3)
+    assert all(r.prompt == render_filter_prompt(engine.tokenizer, "plain", ss) for r, ss in zip(engine.requests, lists))
+    assert drops[:3] == [({0}, "ok", None), ({2}, "ok", None), ({39}, "ok", None)]
+    assert drops[3] == (set(), "empty_input", None)
+
+
 def test_version_is_a_string():
     assert isinstance(STRIP_VERSION, str) and STRIP_VERSION
 
@@ -308,6 +376,7 @@ def test_rule_strips_an_ensemble_thought_by_the_answer_it_states(tmp_path, demo_
     from cotransfer.config import Study, validate
 
     demo_config["study"]["results"] = str(tmp_path / "results")
+    demo_config["strip"] = {"method": "rule"}  # the demo itself uses its filter model
     study = Study.from_dict(validate(demo_config))
     R, d = study.results, "toyarith"
     (ens,) = study.ensembles
@@ -324,3 +393,4 @@ def test_rule_strips_an_ensemble_thought_by_the_answer_it_states(tmp_path, demo_
     out = pl.read_parquet(table.stripped(R, d))
     assert out["cot"].to_list() == ["4+2=6.", "6 - 1 -> 5. 5 - 9 -> 4."]
     assert out["answer_still_present"].to_list() == [False, False]
+

@@ -90,8 +90,9 @@ def test_bad_config_fails_before_any_job(tmp_path, bad, key):
 def demo_config_abs() -> dict:
     """The demo config with the committed models' paths made absolute (runs happen in tmp dirs)."""
     cfg = load_yaml("config/demo.yaml")
-    for spec in cfg["models"].values():
-        spec["path"] = str(ROOT / spec["path"])
+    for spec in [*cfg["models"].values(), *(cfg.get("aux_models") or {}).values()]:
+        if "path" in spec:
+            spec["path"] = str(ROOT / spec["path"])
     return cfg
 
 

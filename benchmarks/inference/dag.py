@@ -84,7 +84,7 @@ def main() -> None:
         cur = tmp / "current"
         cur.mkdir(exist_ok=True)
         cfg = yaml.safe_load((ROOT / "config/demo.yaml").read_text())
-        for spec in cfg["models"].values():
+        for spec in [*cfg["models"].values(), *(cfg.get("aux_models") or {}).values()]:  # the filter too
             spec["path"] = str(ROOT / spec["path"])
         (cur / "demo.yaml").write_text(yaml.safe_dump(cfg))
         after = run_dag(cur, "-s", str(ROOT / "Snakefile"), "--configfile", "demo.yaml")

@@ -222,7 +222,9 @@ def cmd_train_toys(args) -> int:
     for path, acc in train_recipes(args.out, args.names or None, args.jobs):
         if "exact_match" in acc:
             print(f"{path}: held-out drop sets {acc['exact_match']:.0%} exactly the rule's, "
-                  f"{acc['parseable']:.0%} of replies parseable")
+                  f"{acc['parseable']:.0%} of replies parseable, last sentence dropped in "
+                  f"{acc['last_sentence_dropped']:.0%}, a sentence the rule keeps dropped in "
+                  f"{acc['drops_a_kept_sentence']:.0%}")
         else:
             print(f"{path}: held-out accuracy {acc['own']:.0%} with its own CoT, {acc['empty']:.0%} with an empty one")
     return 0
