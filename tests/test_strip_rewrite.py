@@ -59,3 +59,18 @@ def test_filter_model_drops_in_rewrite_mode_budget_and_mapping(demo_config):
     [(drop, status, unmatched)] = stages._filter_model_drops(Study.from_dict(validate(demo_config)), Engine(),
                                                              [split_text(cot)], [cot])
     assert status == "bad_filter_output" and unmatched is None  # that reply is no JSON list
+
+
+def test_qc_counts_unmatched_reply_sentences_only_in_rewrite_mode():
+    import polars as pl
+
+    from cotransfer import metrics
+
+    base = {"dataset": ["d"] * 2, "n_in": [3, 3], "n_out": [2, 2], "char_ratio": [0.7, 0.7],
+            "token_ratio": [0.6, 0.8], "status": ["ok", "ok"], "answer_still_present": [False, False]}
+    rewrite = pl.DataFrame({**base, "cot_source": ["a", "a"], "unmatched": [1, 2]})
+    index = pl.DataFrame({**base, "cot_source": ["b", "b"], "unmatched": [None, None]},
+                         schema_overrides={"unmatched": pl.Int64})
+    qc = {r["cot_source"]: r for r in metrics.strip_qc(pl.concat([rewrite, index]), "default").iter_rows(named=True)}
+    assert qc["a"]["unmatched_sentences"] == 3 and qc["b"]["unmatched_sentences"] is None
+    assert qc["a"]["token_ratio"] == 0.7

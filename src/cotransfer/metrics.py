@@ -1315,8 +1315,9 @@ def strip_qc(stripped: Frame, kind: str) -> pl.DataFrame:
                 char_ratio=pl.col("char_ratio").filter(has).mean(),
                 token_ratio=(pl.col("token_ratio").filter(has).mean() if "token_ratio" in names
                              else pl.lit(None, dtype=pl.Float64)),
-                unmatched_sentences=(pl.col("unmatched").sum() if "unmatched" in names
-                                     else pl.lit(None, dtype=pl.Int64)),
+                # rewrite mode only: index mode and the rule method record none (null, not 0)
+                unmatched_sentences=(pl.when(pl.col("unmatched").is_not_null().any()).then(pl.col("unmatched").sum())
+                                     if "unmatched" in names else pl.lit(None, dtype=pl.Int64)),
                 share_all_removed=((pl.col("n_out") == 0) & has).mean(),
                 share_none_removed=(pl.col("status") == "nothing_removed").mean(),
                 share_answer_still_present=pl.col("answer_still_present").cast(pl.Float64).mean(),
