@@ -530,11 +530,7 @@ def strip_report(study: Study, out_table: str, out_csv: str, prov: dict) -> None
     R = study.results
     columns = ["dataset", "cot_source", "n_in", "n_out", "char_ratio", "token_ratio", "unmatched", "status",
                "answer_still_present"]
-
-    def read(path):  # tables written before the token ratio was recorded lack its columns
-        return pl.read_parquet(path, columns=[c for c in columns if c in pl.read_parquet_schema(path)])
-
-    parts = [metrics.strip_qc(read(t.stripped(R, d)), t.kind)
+    parts = [metrics.strip_qc(pl.read_parquet(t.stripped(R, d), columns=columns), t.kind)
              for d in study.datasets for group in plan.COT_GROUPS for t in plan.cot_tables(study, group)]
     table = pl.concat(parts) if parts else pl.DataFrame(schema=metrics.STRIP_QC_SCHEMA)
     io.write_parquet(table, out_table, prov)

@@ -303,11 +303,10 @@ def _inference_resources(models_of):
 
 MODEL_JOB = _inference_resources(lambda wc: [wc.model])
 ENSEMBLE_JOB = _inference_resources(lambda wc: STUDY.ensembles[wc.ensemble].members)
-STRIP_JOB = (_inference_resources(lambda wc: [STUDY.strip_model]) if STUDY.strip_method == "llm"
-             else {k: (lambda wc, attempt, k=k: cluster.cpu_request(STUDY, attempt).resources()[k])
-                   for k in ("slurm_partition", "cpus_per_task", "mem_mb", "runtime")})
 CPU_JOB = {k: (lambda wc, attempt, k=k: cluster.cpu_request(STUDY, attempt).resources()[k])
            for k in ("slurm_partition", "cpus_per_task", "mem_mb", "runtime")}
+# the rule method loads no model (and its strip jobs are local rules)
+STRIP_JOB = _inference_resources(lambda wc: [STUDY.strip_model]) if STUDY.strip_method == "llm" else CPU_JOB
 
 
 _CODE: dict[str, str] = {}
