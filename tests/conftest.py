@@ -34,3 +34,18 @@ def toy_model_dir(tmp_path_factory) -> Path:
     from cotransfer.toymodels import build
 
     return build(tmp_path_factory.mktemp("toy") / "toy_qwq", "think", {"seed": 1, "opens_thinking": True})
+
+
+@pytest.fixture(scope="session")
+def fault_demo(tmp_path_factory) -> Path:
+    """The fault suite's demo (tests/faults/, docs/reliability.md): the workflow tests' reduced
+    demo (two toy models, three items, an ensemble, a random filter model) with shards of 4
+    requests, so that every inference job has several kill points; run to the end once."""
+    from test_workflow import reduced_demo, snakemake
+
+    cfg = reduced_demo()
+    cfg["engine"] = {**cfg.get("engine", {}), "shard_size": 4}
+    wd = tmp_path_factory.mktemp("fault_demo")
+    (wd / "demo.yaml").write_text(yaml.safe_dump(cfg))
+    snakemake("--cores", "2", "--configfile", "demo.yaml", cwd=wd)
+    return wd

@@ -311,3 +311,150 @@ def test_audit_marks_inputs_changed_since_they_were_read(tmp_path, monkeypatch, 
     assert "raw.json  (MISSING)" in text and "1 MISSING" in text
     assert main(["audit", str(answers), "--no-verify"]) == 0
     assert "not checked (--no-verify)" in capsys.readouterr().out
+
+
+# -- bad input: one line naming the file, a non-zero exit, never a traceback (issue 15) ----------
+
+
+def _bad_table(tmp_path, case: str):
+    """A file the commands read as a table, broken in one way. Named like the pipeline's answers
+    table, so the message can name the rule that writes it."""
+    path = tmp_path / "results" / "tables" / "answers.parquet"
+    path.parent.mkdir(parents=True)
+    if case == "text":
+        path.write_text("dataset,item_id\nd,1\n")
+    elif case == "truncated":
+        io.write_parquet(_metrics_answers(), path, io.provenance(rule="aggregate"))
+        path.write_bytes(path.read_bytes()[:-12])
+    elif case == "lacks_columns":
+        io.write_parquet(pl.DataFrame({"x": [1]}), path, io.provenance(rule="aggregate"))
+    elif case == "directory":
+        path.mkdir()
+    return path  # case "missing": never written
+
+
+def _one_line_error(capsys, cmd: str, path) -> str:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1, err
+    assert err.startswith(f"cotransfer {cmd}: error: {path}"), err
+    return err
+
+
+def _argv(cmd: str, path, tmp_path) -> list[str]:
+    return {"consistency": ["consistency", str(path), "-o", str(tmp_path / "out.parquet")],
+            "metrics": ["metrics", str(path), "-o", str(tmp_path / "out"), "--bootstrap", "0"],
+            "audit": ["audit", str(path)],
+            "score": ["score", "toyarith", "--data", "-", "--generations", str(path),
+                      "-o", str(tmp_path / "out.parquet")]}[cmd]
+
+
+EXPECTED = {"text": "not a Parquet file", "truncated": "truncated or corrupt", "lacks_columns": "lacks columns",
+            "missing": "no such file", "directory": "is a directory"}
+
+
+@pytest.mark.parametrize("cmd,case", [(cmd, case) for cmd in ("consistency", "metrics", "audit", "score")
+                                      for case in EXPECTED
+                                      if (cmd, case) != ("audit", "lacks_columns")])  # audit needs no columns
+def test_bad_table_is_one_line_naming_the_file(tmp_path, capsys, cmd, case):
+    path = _bad_table(tmp_path, case)
+    assert main(_argv(cmd, path, tmp_path)) == 2
+    err = _one_line_error(capsys, cmd, path)
+    assert EXPECTED[case] in err
+    if case != "directory":  # a pipeline file: the rule that writes it and how to make it again
+        assert "rule aggregate" in err and "--forcerun aggregate" in err
+    if case == "lacks_columns":
+        assert "(has: ['x'])" in err
+    assert not (tmp_path / "out.parquet").exists() and not (tmp_path / "out").exists()
+
+
+def test_consistency_duplicate_keys_names_the_file(tmp_path, capsys):
+    path = tmp_path / "answers.parquet"
+    df = _metrics_answers()
+    pl.concat([df, df.head(1)]).write_parquet(path)
+    assert main(["consistency", str(path), "-o", str(tmp_path / "o.parquet")]) == 2
+    assert "duplicate keys" in _one_line_error(capsys, "consistency", path)
+
+
+def test_score_bad_generations_rows_name_the_file(official_csv, tmp_path, capsys):
+    gen = tmp_path / "gen.parquet"
+    pl.DataFrame({"item_id": ["999999"], "answer_text": ["1"]}).write_parquet(gen)
+    assert main(["score", "medcalc", "--data", str(official_csv), "--generations", str(gen),
+                 "-o", str(tmp_path / "o.parquet")]) == 2
+    assert "999999" in _one_line_error(capsys, "score", gen)
+
+
+@pytest.mark.parametrize("case", ["missing", "directory", "not_csv"])
+def test_score_bad_data_file_is_one_line(tmp_path, capsys, case):
+    data = tmp_path / "test_data.csv"
+    if case == "directory":
+        data.mkdir()
+    elif case == "not_csv":
+        data.write_bytes(b"\x00\x01PAR1\xff" * 10)
+    gen = tmp_path / "gen.parquet"
+    pl.DataFrame({"item_id": ["1"], "answer_text": ["1"]}).write_parquet(gen)
+    assert main(["score", "medcalc", "--data", str(data), "--generations", str(gen), "-o", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert err.startswith("cotransfer score: error: ") and str(data) in err
+
+
+def test_audit_marks_an_unreadable_input_and_says_how_to_remake_it(tmp_path, monkeypatch, capsys):
+    answers = _synthetic_lineage(tmp_path, monkeypatch)
+    scored = tmp_path / "scored.parquet"
+    scored.write_bytes(scored.read_bytes()[:-12])
+    assert main(["audit", str(answers), "--no-verify"]) == 0
+    text = capsys.readouterr().out
+    assert "1 UNREADABLE" in text and "scored.parquet  (UNREADABLE: not a Parquet file, or truncated" in text
+    assert main(["audit", str(scored)]) == 2  # the audited file itself: an error naming it
+    _one_line_error(capsys, "audit", scored)
+
+
+def _bad_config(tmp_path, case: str):
+    path = tmp_path / "study.yaml"
+    if case == "yaml_syntax":
+        path.write_text("study: {name: x\nmodels: [\n")
+    elif case == "schema":
+        path.write_text("study: {name: x}\nmodels: {}\ndatasets: {}\n")
+    elif case == "not_a_mapping":
+        path.write_text("- a\n- b\n")
+    elif case == "directory":
+        path.mkdir()
+    return path  # "missing": never written
+
+
+CONFIG_EXPECTED = {"yaml_syntax": "not valid YAML (line 2", "schema": "invalid configuration: ",
+                   "not_a_mapping": "expected a mapping", "directory": "is a directory", "missing": "no such file"}
+
+
+@pytest.mark.parametrize("case", list(CONFIG_EXPECTED))
+@pytest.mark.parametrize("cmd", ["validate", "metrics", "cache", "cluster-check"])
+def test_bad_config_is_one_line_naming_the_file(tmp_path, capsys, cmd, case):
+    path = _bad_config(tmp_path, case)
+    answers = tmp_path / "answers.parquet"
+    _metrics_answers().write_parquet(answers)
+    argv = {"validate": ["validate", str(path)],
+            "metrics": ["metrics", str(answers), "-o", str(tmp_path / "out"), "--config", str(path)],
+            "cache": ["cache", "stats", "--config", str(path)],
+            "cluster-check": ["cluster-check", "--configfile", str(path), "--sinfo", str(answers)]}[cmd]
+    assert main(argv) == (1 if cmd == "validate" else 2)
+    err = _one_line_error(capsys, cmd, path)
+    assert CONFIG_EXPECTED[case] in err
+    if case == "schema":
+        assert "models:" in err and "datasets:" in err  # every bad key, on the one line
+
+
+def test_entry_point_prints_no_traceback(tmp_path):
+    """The installed `cotransfer` command, as a user runs it."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    path = _bad_table(tmp_path, "truncated")
+    exe = Path(sys.executable).parent / "cotransfer"
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "cotransfer.cli"]
+    for argv in (["consistency", str(path), "-o", str(tmp_path / "o.parquet")], ["audit", str(path)]):
+        proc = subprocess.run(cmd + argv, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2, proc.stderr
+        assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+        assert proc.stderr.startswith(f"cotransfer {argv[0]}: error: {path}") and "truncated" in proc.stderr

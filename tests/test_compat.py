@@ -266,7 +266,7 @@ def test_breakdown_grouping_paper_draws_tolerance_agreement_as_inconsistent():
 
 
 def test_preference_may_mix_answer_modes_only_under_paper(demo_config):
-    demo_config["preference"] = {"ratings": "data/ratings.csv", "sources": {
+    demo_config["preference"] = {"ratings": "tests/fixtures/ratings_demo.csv", "sources": {
         "A": {"condition": "transfer", "cot_source": "toy_qwq", "variant": "stripped", "dataset": "toyarith"},
         "B": {"condition": "ensemble", "cot_source": "qwq_dapo__opent", "variant": "full", "dataset": "toyarith"}}}
     with pytest.raises(ConfigError, match="mix answer modes.*compat.preference_modes"):

@@ -155,6 +155,54 @@ def make_ii():
     return cons, task_cons, task_acc
 
 
+def _probe_schemas():
+    """The probe tables' schemas (`cotransfer.probe_metrics`)."""
+    from cotransfer import probe_metrics as module
+
+    return module.PREFIX_TRANSFER_SCHEMA, module.IMPORTANCE_SCHEMA, module.IMPORTANCE_CORRELATION_SCHEMA
+
+
+FRACTIONS = (0.0, 0.5, 1.0)
+
+
+def make_prefix():
+    """2 sources x 3 readers x 3 fractions. CIs: dapo everywhere, oss all but 0.5, qwq nowhere;
+    qwq has no transfer point in the CoT of oss."""
+    rows = []
+    for s, (j, r), f in itertools.product(SOURCES, enumerate(EVALUATORS), FRACTIONS):
+        a = round(0.2 + 0.3 * f + 0.1 * j + (0.2 if r == s else 0.0), 6)
+        ci = r == "dapo" or (r == "oss" and f != 0.5)
+        tp = None if (s, r) == ("oss", "qwq") else (0.5 if r != s else 1.0)
+        rows.append({"dataset": "medcalc", "cot_source": s, "fraction": f, "evaluator": r, "n": 10,
+                     "source_agreement": a, "agreement_lo": a - 0.1 if ci else None,
+                     "agreement_hi": min(a + 0.1, 1.0) if ci else None, "accuracy": 0.5, "kept_share": f,
+                     "transfer_point": tp})
+    return pl.DataFrame(rows, schema=_probe_schemas()[0])
+
+
+def make_importance(positions=(0.0, 0.5, 1.0), items=("i1", "i2")):
+    """Two 3-sentence CoTs per source; the last sentence of i1 states the answer."""
+    rows = []
+    for s, item, (k, pos), (j, r) in itertools.product(SOURCES, items, enumerate(positions), enumerate(EVALUATORS)):
+        imp = round(0.1 * k + 0.05 * j + (0.1 if item == "i2" else 0.0) + (0.02 if s == "qwq" else 0.0), 6)
+        rows.append({"dataset": "medcalc", "cot_source": s, "item_id": item, "sentence_idx": k,
+                     "n_sentences": len(positions), "position": pos, "text": f"sentence {k}",
+                     "states_answer": k == len(positions) - 1 and item == "i1", "evaluator": r, "n_samples": 1,
+                     "agreement_full": 1.0, "agreement_dropped": 1.0 - imp, "importance": imp})
+    return pl.DataFrame(rows, schema=_probe_schemas()[1])
+
+
+def make_importance_correlation():
+    """Every reader pair per source; dapo-qwq has no value (null)."""
+    rows = []
+    for s in SOURCES:
+        for (a, b), rho in zip(PAIRS, (0.5, None, -0.25)):
+            rows.append({"dataset": "medcalc", "cot_source": s, "evaluator_a": a, "evaluator_b": b,
+                         "kind": "self" if s in (a, b) else "others", "n": 6, "spearman": rho,
+                         "p_value": None if rho is None else 0.3})
+    return pl.DataFrame(rows, schema=_probe_schemas()[2])
+
+
 @pytest.fixture(scope="module")
 def tables():
     ii_cons, task_cons, task_acc = make_ii()
@@ -163,7 +211,9 @@ def tables():
             "breakdown": make_breakdown(), "self_consistency": make_self_consistency(),
             "transitions": make_transitions(), "involvement": make_involvement(),
             "post_training": make_post_training(), "ensemble_diagnostics": make_diagnostics(),
-            "ii_task_consistency": task_cons, "ii_task_accuracy": task_acc, **make_preference()}
+            "ii_task_consistency": task_cons, "ii_task_accuracy": task_acc, **make_preference(),
+            "prefix_transfer": make_prefix(), "sentence_importance": make_importance(),
+            "importance_correlation": make_importance_correlation()}
 
 
 @pytest.fixture(scope="module")
@@ -579,3 +629,118 @@ def test_report_captions_render():
             assert "params:" not in html and html.strip(), path.name
             if given and used:
                 assert str(given[sorted(used)[0]]) in html, path.name
+
+
+# -- F13-F14: which part of a CoT transfers ------------------------------------------------------
+
+
+def reader_lines(ax):
+    """{reader: Line2D} of the lines labelled with a reader (not the zero line, not legend proxies)."""
+    return {line.get_label(): line for line in ax.lines if line.get_label() in EVALUATORS}
+
+
+def by_gid(ax, prefix):
+    """{suffix: artist} of the collections whose gid is `prefix:suffix`."""
+    return {c.get_gid().split(":", 1)[1]: c for c in ax.collections
+            if isinstance(c.get_gid(), str) and c.get_gid().startswith(prefix + ":")}
+
+
+def test_f13_prefix_transfer_lines_bands_and_points(built, tables, tmp_path):
+    from matplotlib.colors import to_hex
+
+    fig = figure(built, "F13", "prefix_transfer")
+    prefix = tables["prefix_transfer"]
+    panels = [ax for ax in fig.axes if ax.get_visible()]
+    assert [title(ax) for ax in panels] == ["CoT of oss (n=10 items)", "CoT of qwq (n=10 items)"]
+    ax = panels[0]
+    assert len(ax.lines) == len(EVALUATORS)  # one line per reader, nothing else
+    lines = reader_lines(ax)
+    assert sorted(lines) == EVALUATORS
+    for reader, line in lines.items():
+        part = prefix.filter(cot_source="oss", evaluator=reader).sort("fraction")
+        assert list(line.get_xdata()) == list(FRACTIONS)
+        assert list(line.get_ydata()) == pytest.approx(part["source_agreement"].to_list())
+    colours = F.model_colors(F.study_models(tables))
+    assert {r: to_hex(line.get_color()) for r, line in lines.items()} == {r: colours[r] for r in EVALUATORS}
+    assert lines["oss"].get_linewidth() > lines["dapo"].get_linewidth() == lines["qwq"].get_linewidth()
+    assert reader_lines(panels[1])["qwq"].get_linewidth() > reader_lines(panels[1])["oss"].get_linewidth()
+    bands = by_gid(ax, "band")
+    assert sorted(bands) == ["dapo", "oss"]  # qwq has no CI at all
+    lo, hi = (prefix.filter(cot_source="oss", evaluator="dapo")[c] for c in ("agreement_lo", "agreement_hi"))
+    ys = np.concatenate([path.vertices[:, 1] for path in bands["dapo"].get_paths()])
+    assert ys.min() == pytest.approx(lo.min()) and ys.max() == pytest.approx(hi.max())
+    points = by_gid(ax, "transfer_point")
+    assert sorted(points) == ["dapo", "oss"]  # qwq's transfer point is null
+    assert np.asarray(points["dapo"].get_offsets()).ravel().tolist() == pytest.approx([0.5, 0.35])
+    assert np.asarray(points["oss"].get_offsets()).ravel().tolist() == pytest.approx([1.0, 0.8])
+    assert ax.get_ylim() == pytest.approx((0.0, 1.05))
+    legend = [t.get_text() for t in panels[-1].get_legend().get_texts()]
+    assert legend[:3] == ["dapo", "oss (thick: reading its own CoT)", "qwq (thick: reading its own CoT)"]
+    two = F.prefix_transfer_figure(pl.concat([prefix, prefix.with_columns(dataset=pl.lit("gsm8k"))]))
+    assert [title(a).split(" (")[0] for a in two.axes] == [  # datasets as rows, sources as columns
+        "gsm8k · CoT of oss", "gsm8k · CoT of qwq", "medcalc · CoT of oss", "medcalc · CoT of qwq"]
+    many = pl.concat([prefix.filter(cot_source="oss").with_columns(cot_source=pl.lit(f"m{k}")) for k in range(6)])
+    wrapped = F.prefix_transfer_figure(many)
+    assert len(wrapped.axes) == 8 and sum(a.get_visible() for a in wrapped.axes) == 6  # 2 rows of 4
+
+
+def test_f14_sentence_importance_curves_stars_and_heatmap(built, tables):
+    fig = figure(built, "F14", "sentence_importance")
+    imp = tables["sentence_importance"]
+    top = [ax for ax in fig.axes if reader_lines(ax)]
+    heat = [ax for ax in fig.axes if ax.images]
+    assert len(top) == len(heat) == 2 and title(top[0]) == "CoT of oss 2 CoTs, 6 sentences"
+    ax = top[0]
+    lines = reader_lines(ax)
+    assert sorted(lines) == EVALUATORS and len(lines) == 3
+    for reader, line in lines.items():
+        means = (imp.filter(cot_source="oss", evaluator=reader).group_by("position")
+                 .agg(pl.col("importance").mean()).sort("position"))
+        assert list(line.get_xdata()) == [0.0, 0.5, 1.0]  # three positions: exact, not binned
+        assert list(line.get_ydata()) == pytest.approx(means["importance"].to_list())
+    stars = by_gid(ax, "states_answer")
+    assert sorted(stars) == EVALUATORS
+    row = first(imp, cot_source="oss", evaluator="qwq", states_answer=True)
+    star = np.asarray(stars["qwq"].get_offsets()).ravel().tolist()
+    assert star == pytest.approx([row["position"], row["importance"]])
+    assert any("state the source's answer" in t.get_text() for t in top[-1].get_legend().get_texts())
+    matrix = np.ma.filled(heat[0].images[0].get_array(), np.nan)
+    assert matrix.shape == (3, 3) and list(np.diag(matrix)) == [1.0, 1.0, 1.0]
+    assert matrix[0, 1] == matrix[1, 0] == pytest.approx(0.5)  # dapo-oss
+    assert matrix[1, 2] == matrix[2, 1] == pytest.approx(-0.25)  # oss-qwq
+    assert np.isnan(matrix[0, 2]) and np.isnan(matrix[2, 0])  # dapo-qwq: null, grey
+    assert title(heat[0]).startswith("rank correlation of importance")
+    assert ticks(heat[0]) == ["dapo", "oss (source)", "qwq"]
+    cells = sorted(t.get_text() for t in heat[0].texts)
+    assert cells == sorted(["1.00"] * 3 + ["0.50"] * 2 + ["-0.25"] * 2 + ["–"] * 2)
+
+    alone = F.importance_figure(imp)  # no correlation table: no bottom row
+    assert not [a for a in alone.axes if a.images] and len(alone.axes) == 2
+    positions = [k / 6 for k in range(7)]  # seven positions: binned into fifths
+    binned = F.importance_figure(make_importance(positions=positions), make_importance_correlation().clear())
+    line = reader_lines(binned.axes[0])["dapo"]
+    assert list(line.get_xdata()) == pytest.approx([0.1, 0.3, 0.5, 0.7, 0.9])
+    assert not [a for a in binned.axes if a.images]
+
+
+def test_probe_figures_reasons_and_models(tmp_path):
+    result = F.render_all({}, tmp_path / "none")
+    assert result["F13"] == "no prefix_transfer table" and result["F14"] == "no sentence_importance table"
+    empty = F.render_all({"prefix_transfer": make_prefix().clear(), "sentence_importance": make_importance().clear(),
+                          "importance_correlation": make_importance_correlation()}, tmp_path / "empty")
+    assert empty["F13"] == "no prefix-transfer answers" and empty["F14"] == "no sentence-importance answers"
+    listing = json.loads((tmp_path / "empty" / "figures.json").read_text())
+    assert listing["F13"] == "no prefix-transfer answers" and listing["F14"] == "no sentence-importance answers"
+    drawn = F.render_all({"prefix_transfer": make_prefix(), "sentence_importance": make_importance()}, tmp_path / "d")
+    assert [p.name for p in drawn["F13"]] == ["prefix_transfer.png", "prefix_transfer.pdf"]
+    assert [p.name for p in drawn["F14"]] == ["sentence_importance.png", "sentence_importance.pdf"]
+    for p in drawn["F13"] + drawn["F14"]:
+        assert p.stat().st_size > 5_000, p
+    assert (tmp_path / "d" / "prefix_transfer.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not {"prefix_transfer", "sentence_importance"} & F.TWINNED
+    assert not list((tmp_path / "d").glob("*_strict.*"))
+    models = F.study_models({"prefix_transfer": make_prefix().with_columns(cot_source=pl.lit("zeta")),
+                             "importance_correlation": make_importance_correlation().with_columns(
+                                 evaluator_b=pl.lit("omega"))})
+    assert models == ["dapo", "omega", "oss", "qwq", "zeta"]
+

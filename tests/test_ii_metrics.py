@@ -189,11 +189,13 @@ def test_the_pipeline_metric_step_uses_the_configured_embedding_backend(embeddin
     an Instruction Induction dataset on the `embedding` backend gets §8.3 consistency for it (the
     graded similarity, not equality), while the toy dataset keeps the §8.1 rule; both land in one
     consistency table, and accuracy is the mean score."""
+    from conftest import ROOT
+
     from cotransfer import stages
     from cotransfer.config import Study, validate
 
     demo_config["datasets"]["ii"] = {
-        "adapter": "instruction_induction", "path": "unused.json", "seed": 0,
+        "adapter": "instruction_induction", "path": str(ROOT / "tests/fixtures/instruction_induction"), "seed": 0,
         "options": {"similarity": "embedding", "similarity_threshold": 0.5, "similarity_device": "cpu",
                     "similarity_model": str(embedding.model)}}
     study = Study.from_dict(validate(demo_config))

@@ -138,3 +138,166 @@ def test_inference_stages_record_the_engine_hardware():
     assert prov["hardware"] == {"host": "node1", "engine": {**gpu, "loaded": ["a"]}}
     _record_models(prov, {"b": ({"path": "/m/b"}, cached)})
     assert prov["hardware"] == {"host": "node1", "engine": None}
+
+
+# -- reading: one reader whose every failure names its file (issue 15) ---------------------------
+
+
+def _truncated(dest, cut: int = 10):
+    """A real Parquet file written by the pipeline's writer, its last `cut` bytes gone."""
+    path = io.write_parquet(pl.DataFrame({"item_id": ["1", "2"], "answer_text": ["a", "b"]}), dest,
+                            io.provenance(rule="score"))
+    data = path.read_bytes()
+    path.write_bytes(data[:-cut])
+    return path
+
+
+def test_read_table_truncated_names_the_path_the_problem_and_the_rule(tmp_path):
+    path = _truncated(tmp_path / "results/scored/toyarith.parquet")
+    with pytest.raises(io.TableError) as info:
+        io.read_table(path)
+    msg = str(info.value)
+    assert msg.startswith(f"{path}: ") and "\n" not in msg
+    assert "truncated or corrupt" in msg and "PAR1" in msg  # polars' own words, kept
+    assert "rule score" in msg and "snakemake --cores all --forcerun score" in msg and f"rm {path}" in msg
+    assert info.value.rule == "score" and info.value.path == str(path)
+    assert isinstance(info.value, ValueError)
+    with pytest.raises(io.TableError, match="truncated or corrupt"):  # the lazy reader fails as early
+        io.scan_table(path)
+    with pytest.raises(io.TableError, match="truncated or corrupt"):  # and so does read_parquet
+        io.read_parquet(path)
+
+
+def test_read_table_text_file_is_not_parquet(tmp_path):
+    path = tmp_path / "answers.parquet"
+    path.write_text("dataset,item_id\nd,1\n")
+    with pytest.raises(io.TableError) as info:
+        io.read_table(path, what="answers table")
+    msg = str(info.value)
+    assert msg.startswith(f"{path} (answers table): not a Parquet file")
+    assert "rule" not in msg  # not a pipeline path: no rule to name
+
+
+def test_read_table_lists_missing_columns_and_what_the_file_has(tmp_path):
+    path = tmp_path / "results/tables/answers.parquet"
+    io.write_parquet(pl.DataFrame({"item_id": ["1"], "answer": ["2"]}), path, io.provenance(rule="aggregate"))
+    with pytest.raises(io.TableError) as info:
+        io.read_table(path, required=["item_id", "valid", "correct"])
+    msg = str(info.value)
+    assert f"{path}: lacks columns ['valid', 'correct'] (has: ['item_id', 'answer'])" in msg
+    assert "--forcerun aggregate" in msg
+    with pytest.raises(io.TableError, match=r"lacks columns \['model'\]"):  # asked-for columns count too
+        io.read_table(path, ["item_id", "model"])
+    assert io.read_table(path, ["answer"]).columns == ["answer"]
+    assert io.scan_table(path, required=["item_id"]).collect().height == 1
+
+
+def test_read_table_missing_file_and_directory(tmp_path):
+    missing = tmp_path / "results/items/toyarith.parquet"
+    with pytest.raises(io.TableError) as info:
+        io.read_table(missing)
+    assert str(info.value).startswith(f"{missing}: no such file;") and "rule items" in str(info.value)
+    folder = tmp_path / "x.parquet"
+    folder.mkdir()
+    with pytest.raises(io.TableError, match=r"x\.parquet: is a directory, not a file"):
+        io.read_table(folder)
+
+
+def test_damaged_pages_show_on_collect_and_name_the_file_inside_reading(tmp_path):
+    path = io.write_parquet(pl.DataFrame({"a": list(range(2000)), "b": ["x" * 20] * 2000}),
+                            tmp_path / "results/cots/d/full/m/default.parquet", io.provenance(rule="generate"))
+    data = bytearray(path.read_bytes())
+    for i in range(8, len(data) // 2):  # the footer survives: the schema reads, the pages do not
+        data[i] = 0x55
+    path.write_bytes(bytes(data))
+    lf = io.scan_table(path)
+    with pytest.raises(io.TableError) as info:
+        with io.reading(path):
+            lf.collect()
+    assert str(info.value).startswith(f"{path}: ") and info.value.rule == "generate"
+
+
+def test_reading_names_the_file_for_value_errors_it_is_told_about(tmp_path):
+    path = tmp_path / "results/tables/answers.parquet"
+    with pytest.raises(io.TableError) as info:
+        with io.reading(path, errors=(ValueError,)):
+            raise ValueError("answers table has 2 duplicate keys\nmore detail")
+    assert str(info.value) == f"{path}: answers table has 2 duplicate keys"  # no regeneration hint
+    with pytest.raises(KeyError):  # anything else passes through
+        with io.reading(path):
+            raise KeyError("bug")
+
+
+R = "results"
+LAYOUTS = [
+    (f"{R}/generations/toyarith/toy_qwq/empty.parquet", "generate"),
+    (f"{R}/generations/toyarith/toy_qwq/default/full.parquet", "generate"),
+    (f"{R}/generations/toyarith/toy_qwq/sampled/full.parquet", "generate"),
+    (f"{R}/generations/toyarith/toy_qwq/default/stripped.parquet", "transfer"),
+    (f"{R}/generations/toyarith/toy_qwq/sampled/stripped.parquet", "transfer"),
+    (f"{R}/generations/toyarith/toy_qwq/transfer/full/toy_dapo.parquet", "transfer"),
+    (f"{R}/generations/toyarith/toy_qwq/transfer/stripped/toy_dapo.parquet", "transfer"),
+    (f"{R}/generations/toyarith/toy_qwq/ensemble/full/qwq_dapo.parquet", "transfer_ensemble"),
+    (f"{R}/generations/toyarith/toy_qwq/ensemble/stripped/qwq_dapo.parquet", "transfer_ensemble"),
+    (f"{R}/generations/toyarith/toy_qwq/prefix/full/toy_dapo.parquet", "probe"),
+    (f"{R}/generations/toyarith/toy_qwq/drop_one/full/toy_dapo.parquet", "probe"),
+    (f"{R}/cots/toyarith/full/toy_qwq/default.parquet", "generate"),
+    (f"{R}/cots/toyarith/full/toy_qwq/sampled.parquet", "generate"),
+    (f"{R}/cots/toyarith/full/qwq_dapo/ensemble.parquet", "ensemble"),
+    (f"{R}/cots/toyarith/stripped/toy_qwq/default.parquet", "strip"),
+    (f"{R}/cots/toyarith/stripped/toy_qwq/sampled.parquet", "strip"),
+    (f"{R}/cots/toyarith/stripped/qwq_dapo/ensemble.parquet", "strip_ensembles"),
+    (f"{R}/ensembles/toyarith/qwq_dapo.steps.parquet", "ensemble"),
+    (f"{R}/sentences/toyarith/toy_qwq/default.parquet", "split"),
+    (f"{R}/sentences/toyarith/toy_qwq/sampled.parquet", "split"),
+    (f"{R}/sentences/toyarith/qwq_dapo/ensemble.parquet", "split_ensembles"),
+    (f"{R}/items/toyarith.parquet", "items"),
+    (f"{R}/scored/toyarith.parquet", "score"),
+    (f"{R}/tables/answers.parquet", "aggregate"),
+    (f"{R}/tables/consistency_summary.parquet", "aggregate"),
+    (f"{R}/tables/strip_qc.parquet", "strip_report"),
+    (f"{R}/tables/ensemble_diagnostics.parquet", "ensemble_report"),
+    (f"{R}/tables/preference_means.parquet", "preference"),
+    ("/scratch/other_root/scored/medcalc.parquet", "score"),  # any results root
+    ("runs/b/generations/d/m/transfer/full/s.parquet", "transfer"),
+    ("answers.parquet", None),
+    ("/tmp/x/gen.parquet", None),
+    (f"{R}/generations/toyarith/toy_qwq/transfer/half/toy_dapo.parquet", None),  # no such variant
+    (f"{R}/cots/toyarith/full/toy_qwq/other.parquet", None),  # no such kind
+]
+
+
+@pytest.mark.parametrize("path,rule", LAYOUTS)
+def test_rule_for_path_by_layout(path, rule):
+    from pathlib import Path
+
+    assert io.rule_for_path(path) == rule
+    assert io.rule_for_path(Path(path)) == rule
+    hint = io.regenerate_hint(path)
+    if rule is None:
+        assert hint is None
+    else:
+        assert f"rule {rule}:" in hint and f"`snakemake --cores all --forcerun {rule}`" in hint
+        assert f"`rm {path}`" in hint
+
+
+def test_rule_layouts_match_the_plan(demo_config):
+    """Every path `cotransfer.plan` builds for the demo maps to the rule the .smk files give it."""
+    from cotransfer import plan
+    from cotransfer.config import Study
+
+    study = Study.from_dict(demo_config)
+    d, res = next(iter(study.datasets)), "results"
+    assert io.rule_for_path(plan.items_path(res, d)) == "items"
+    for m in study.models:
+        for cond in ("empty", "default", "sampled"):
+            assert io.rule_for_path(plan.generation_path(res, d, m, cond, "full")) == "generate"
+    for stage, rule in (("transfer", "transfer"), ("ensemble", "transfer_ensemble")):
+        for cell in plan.prefill_cells(study, stage):
+            assert io.rule_for_path(cell.output(res, d, "evaluator")) == rule, cell
+    for group, split_rule, strip_rule in (("models", "split", "strip"),
+                                          ("ensembles", "split_ensembles", "strip_ensembles")):
+        for t in plan.cot_tables(study, group):
+            assert io.rule_for_path(t.sentences(res, d)) == split_rule
+            assert io.rule_for_path(t.stripped(res, d)) == strip_rule
+            assert io.rule_for_path(t.cots(res, d)) == ("ensemble" if t.kind == "ensemble" else "generate")

@@ -394,3 +394,12 @@ def test_rule_strips_an_ensemble_thought_by_the_answer_it_states(tmp_path, demo_
     assert out["cot"].to_list() == ["4+2=6.", "6 - 1 -> 5. 5 - 9 -> 4."]
     assert out["answer_still_present"].to_list() == [False, False]
 
+
+
+def test_ends_on_answer_is_the_sentence_arriving_at_it():
+    from cotransfer.strip import ends_on_answer
+
+    assert ends_on_answer("6-7=9.", "9") and ends_on_answer("So it is 9.0 mg.", "9")
+    assert not ends_on_answer("5-9=6.", "9")  # 9 is an operand: the rule's token match would flag it
+    assert not ends_on_answer("No numbers here.", "9") and not ends_on_answer("6-7=9.", None)
+    assert ends_on_answer("The instruction is to rhyme.", "to rhyme")  # non-numeric: stated anywhere

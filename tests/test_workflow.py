@@ -56,6 +56,40 @@ def test_paper_study_plan_offline(tmp_path):
     assert counts["split"] == counts["split_ensembles"] == counts["strip"] == counts["strip_ensembles"] == 2
     assert counts["prepare_model"] == 6 and counts["fetch_dataset"] == 2 and counts["items"] == 2
     assert counts["score"] == 2 and counts["aggregate"] == 1 and counts["figures"] == 1
+    assert counts["probe"] == 2 * 5  # prefix transfer and sentence importance: one job per (dataset, evaluator)
+
+
+def planned_logs(output: str) -> dict[str, list[str]]:
+    """Each planned job's log paths, by rule, from a Snakemake plan's job blocks."""
+    logs: dict[str, list[str]] = {}
+    for m in re.finditer(r"^(?:local)?rule (\w+):\n((?:[ \t]+.*\n?)*)", output, re.M):
+        paths = [p for line in re.findall(r"^\s+log: (.+)$", m.group(2), re.M) for p in line.split(", ")]
+        if paths:
+            logs.setdefault(m.group(1), []).extend(paths)
+    return logs
+
+
+def test_two_result_roots_share_no_log(tmp_path):
+    """Every job logs under its study's results root, one log per job: the corrected study and
+    the paper-compat one (results/ and results/paper-compat/), planned from the same working
+    directory, have no log path in common."""
+    plans = {}
+    for name in ("config/config.yaml", "config/paper-compat.yaml"):
+        root = (load_yaml(name).get("study") or {}).get("results", "results")
+        out = snakemake("-n", "--configfile", str(ROOT / name), cwd=tmp_path).stdout
+        logs = planned_logs(out)
+        counts = job_counts(out)
+        assert "all" not in logs
+        for rule, n in counts.items():  # every job that runs code has a log of its own
+            if rule != "all":
+                assert len(logs.get(rule, [])) == n, (name, rule, logs.get(rule))
+        paths = [p for ps in logs.values() for p in ps]
+        assert len(paths) == len(set(paths)) == sum(counts.values()) - 1, name  # one per job
+        for path in paths:
+            assert Path(path).parts[:len(Path(root).parts) + 1] == (*Path(root).parts, "logs"), (name, path)
+        plans[root] = set(paths)
+    (a, logs_a), (b, logs_b) = plans.items()
+    assert a != b and not logs_a & logs_b
 
 
 def test_slurm_profile_puts_gpus_on_inference_rules_only(tmp_path):
@@ -66,7 +100,7 @@ def test_slurm_profile_puts_gpus_on_inference_rules_only(tmp_path):
         m = re.search(r"resources: (.*)", block)
         gpu = re.search(r"\bgpu=(\d+)", m.group(1)) if m else None
         resources.setdefault(rule, set()).add(gpu.group(1) if gpu else "none")
-    for rule in ("generate", "transfer", "transfer_ensemble", "ensemble", "strip", "strip_ensembles"):
+    for rule in ("generate", "transfer", "transfer_ensemble", "ensemble", "strip", "strip_ensembles", "probe"):
         assert resources[rule] - {"none", "0"}, f"{rule} asks for no GPU"
     assert resources["transfer"] == resources["transfer_ensemble"] == {"1", "2"}  # QwQ and DAPO: tp 2
     assert resources["ensemble"] == {"4", "5"}  # sum over the ensemble's models
@@ -119,15 +153,19 @@ def demo_run(tmp_path_factory):
 
 
 ANSWER_COLUMNS = ["dataset", "item_id", "condition", "variant", "cot_source", "evaluator", "sample",
-                  "answer", "valid", "correct"]
+                  "fraction", "dropped", "answer", "valid", "correct"]
 
 
 def test_demo_writes_answers_table_with_all_conditions(demo_run):
-    answers = pl.read_parquet(demo_run / "results/tables/answers.parquet")
-    assert answers.columns[:10] == ANSWER_COLUMNS
-    assert set(answers["condition"]) == {"empty", "default", "sampled", "transfer", "ensemble"}
+    all_answers = pl.read_parquet(demo_run / "results/tables/answers.parquet")
+    assert all_answers.columns[:12] == ANSWER_COLUMNS
+    assert set(all_answers["condition"]) == {"empty", "default", "sampled", "transfer", "ensemble", "prefix",
+                                             "drop_one"}
+    assert not all_answers.select(ANSWER_COLUMNS[:9]).is_duplicated().any()
+    answers = all_answers.filter(~pl.col("condition").is_in(["prefix", "drop_one"]))
     # 2 evaluators x 3 items x (empty + 2 default + 2 sampled + 2x2 transfer + 2 ensemble)
     assert answers.height == 2 * 3 * (1 + 2 + 2 + 4 + 2)
+    assert answers["fraction"].null_count() == answers["dropped"].null_count() == answers.height
     key = ["dataset", "item_id", "condition", "variant", "cot_source", "evaluator", "sample"]
     assert not answers.select(key).is_duplicated().any()
     by = answers.group_by("condition").agg(pl.col("variant").unique().sort(), pl.col("cot_source").unique().sort())
@@ -181,7 +219,7 @@ def test_demo_provenance_and_audit(demo_run):
 
 
 def test_demo_job_logs_show_load_throughput_progress_and_cache(demo_run):
-    text = (demo_run / "logs/transfer/toyarith/toy_qwq.log").read_text()
+    text = (demo_run / "results/logs/transfer/toyarith/toy_qwq.log").read_text()
     assert re.search(r"loaded toy_qwq in \d+\.\d s", text)
     assert re.search(r"answer phase: \d+ requests \(\d+ cached, \d+ computed\), \d+ new tokens in .* tok/s", text)
     assert re.search(r"shard 1/1 done .*ETA", text)
@@ -196,7 +234,7 @@ def test_demo_rerun_of_a_deleted_output_loads_no_model(demo_run):
     target.unlink()
     snakemake(str(target.relative_to(demo_run)), "--cores", "2", "--configfile", "demo.yaml", cwd=demo_run)
     assert pl.read_parquet(target).equals(before)
-    log = (demo_run / "logs/transfer/toyarith/toy_dapo.log").read_text()
+    log = (demo_run / "results/logs/transfer/toyarith/toy_dapo.log").read_text()
     assert "loading toy_dapo" not in log and "0 computed" in log
     job = read_provenance(target)["extra"]["inference"]["job"]
     assert job["computed"] == 0 and job["load_seconds"] is None and job["cached"] == job["requests"] > 0
@@ -235,6 +273,55 @@ def test_demo_figures_tables_and_report(demo_run):
     assert "consistency_summary.csv" in html and "figures.json" in html and "strip_qc.csv" in html
     qc = pl.read_parquet(demo_run / "results/tables/strip_qc.parquet")
     assert set(qc["kind"]) == {"default", "sampled", "ensemble"} and qc["n"].min() == 3
+
+
+def test_demo_probes_prefix_transfer_and_sentence_importance(demo_run):
+    """docs/probe.md on the reduced demo: every model's greedy CoT cut to each fraction and with
+    each sentence left out, read by every evaluator; the whole-CoT rows are the transfer
+    condition's requests, answered from the request cache; the four tables and two figures."""
+    from cotransfer.io import read_provenance
+
+    answers = pl.read_parquet(demo_run / "results/tables/answers.parquet")
+    prefix = answers.filter(pl.col("condition") == "prefix")
+    assert prefix.height == 2 * 2 * 3 * 6  # evaluators x sources x items x fractions
+    assert sorted(set(prefix["fraction"])) == [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
+    keys = ["item_id", "evaluator", "cot_source"]
+    cols = ["prompt", "thinking", "answer_text", "answer"]
+    transfer = answers.filter((pl.col("condition") == "transfer") & (pl.col("variant") == "full"))
+    whole = prefix.filter(pl.col("fraction") == 1.0).select(*keys, *cols).sort(keys)
+    assert whole.equals(transfer.select(*keys, *cols).sort(keys))  # fraction 1.0 is the transfer condition
+    empty = answers.filter(pl.col("condition") == "empty").select("item_id", "evaluator", "prompt", "answer_text")
+    none = prefix.filter(pl.col("fraction") == 0.0).select("item_id", "evaluator", "prompt", "answer_text")
+    assert none.sort("item_id", "evaluator").equals(
+        none.join(empty, on=["item_id", "evaluator"], suffix="_e").select(none.columns).sort("item_id", "evaluator"))
+    assert (prefix.filter(pl.col("fraction") == 0.0)["thinking"] == "").all()
+    sentences = {m: pl.read_parquet(demo_run / f"results/sentences/toyarith/{m}/default.parquet")
+                 for m in ("toy_qwq", "toy_dapo")}
+    drop = answers.filter(pl.col("condition") == "drop_one")
+    per_cot = sum(s.height + 3 for s in sentences.values())  # every sentence left out, plus the whole CoT
+    assert drop.height == 2 * per_cot
+    full_drop = drop.filter(pl.col("dropped") == -1).select(*keys, *cols).sort(keys)
+    assert full_drop.equals(whole)
+    for ev in ("toy_qwq", "toy_dapo"):
+        gen = demo_run / f"results/generations/toyarith/{ev}"
+        for src in ("toy_qwq", "toy_dapo"):
+            doc = read_provenance(gen / f"prefix/full/{src}.parquet")
+            served = doc["extra"]["inference"]["output"]
+            # the probe runs after the transfer job: fraction 1.0 (and 0, the empty condition)
+            # come from the request cache
+            assert served["requests"] == 3 * 6 and served["cached"] >= 2 * 3, (ev, src, served)
+            assert doc["extra"]["probe"]["whole_cot_check"] == {"compared": 2 * 2 * 3, "differ": 0}
+            assert doc["extra"]["probe"]["importance"] == {"n_items": None, "samples": 1}
+    tables = {n: pl.read_parquet(demo_run / f"results/tables/{n}.parquet")
+              for n in ("prefix_transfer", "prefix_summary", "sentence_importance", "importance_correlation")}
+    pt = tables["prefix_transfer"]
+    assert pt.height == 2 * 6 * 2 and pt.filter(pl.col("fraction") == 1.0)["source_agreement"].min() > 0
+    assert tables["prefix_summary"].height == 2 * 6
+    assert tables["sentence_importance"].height == 2 * sum(s.height for s in sentences.values())
+    for stem in ("prefix_transfer", "sentence_importance"):
+        assert (demo_run / f"results/figures/{stem}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", stem
+    log = (demo_run / "results/logs/probe/toyarith/toy_qwq.log").read_text()
+    assert re.search(r"prefix of toy_dapo: 18 requests \(\d+ cached, \d+ computed\), \d+ CoT tokens prefilled", log)
 
 
 def test_demo_new_ensemble_plans_only_its_jobs_and_what_follows(demo_run):
@@ -284,6 +371,32 @@ def test_demo_compat_switch_reruns_only_the_stage_it_changes(demo_run, switch, p
     assert job_counts(out) == planned
 
 
+def test_demo_deleted_intermediates_are_rebuilt_with_what_reads_them(demo_run):
+    """A finished run whose scored table and one transfer generation were deleted: the next
+    plan rebuilds both (`rule all` asks for every intermediate, else Snakemake would not look
+    at them behind the up-to-date tables) and, by modification time, what reads them; the run
+    brings the files back and the answers table keeps the same rows, none lost or doubled."""
+    before = pl.read_parquet(demo_run / "results/tables/answers.parquet")
+    scored = demo_run / "results/scored/toyarith.parquet"
+    generation = demo_run / "results/generations/toyarith/toy_qwq/transfer/full/toy_dapo.parquet"
+    scored.unlink()
+    generation.unlink()
+    out = snakemake("-n", "--cores", "2", "--configfile", "demo.yaml", cwd=demo_run).stdout
+    # the evaluator's transfer job (it writes the file), its probe job (it reads the transfer
+    # answers), then the score and everything after it
+    assert job_counts(out) == {"transfer": 1, "probe": 1, "score": 1, "aggregate": 1, "figures": 1, "all": 1}
+    assert re.search(r"rule transfer:\n(?:[ \t]+.*\n)*?[ \t]+wildcards: dataset=toyarith, model=toy_qwq\n", out)
+    snakemake("--cores", "2", "--configfile", "demo.yaml", cwd=demo_run)
+    assert scored.is_file() and generation.is_file()
+    after = pl.read_parquet(demo_run / "results/tables/answers.parquet")
+    key = ANSWER_COLUMNS[:9]
+    assert after.height == before.height and not after.select(key).is_duplicated().any()
+    assert after.sort(key, nulls_last=True).select(ANSWER_COLUMNS).equals(
+        before.sort(key, nulls_last=True).select(ANSWER_COLUMNS))
+    out = snakemake("-n", "--cores", "2", "--configfile", "demo.yaml", cwd=demo_run).stdout
+    assert "Nothing to be done" in out, out[-3000:]  # the run is finished again for the tests after this one
+
+
 def test_demo_rerun_plans_nothing_and_new_model_computes_only_new_requests(demo_run):
     from cotransfer.io import read_provenance
 
@@ -301,15 +414,19 @@ def test_demo_rerun_plans_nothing_and_new_model_computes_only_new_requests(demo_
         # each evaluator's transfer job now has outputs for the new model's CoTs; the new model
         # also reads the ensemble
         "transfer": 3, "transfer_ensemble": 1,
+        "probe": 3,  # each evaluator probes the new model's CoTs too; the new model probes every model's
         "score": 1, "aggregate": 1, "figures": 1, "all": 1,  # the ensemble and its report stay
     }
     snakemake("--cores", "2", "--configfile", "more.yaml", cwd=demo_run)
     after = pl.read_parquet(demo_run / "results/tables/answers.parquet")
-    key = ["dataset", "item_id", "condition", "variant", "cot_source", "evaluator", "sample"]
+    key = ANSWER_COLUMNS[:9]  # with the probes' fraction and dropped
     old = after.join(before.select(key), on=key, how="semi", nulls_equal=True).sort(key, nulls_last=True)
     assert old.select(ANSWER_COLUMNS).equals(before.sort(key, nulls_last=True).select(ANSWER_COLUMNS))
     assert set(after["evaluator"]) == {"toy_qwq", "toy_dapo", "toy_opent"}
-    assert after.filter(pl.col("cot_source") == "toy_opent").height == 3 * 3 * 2  # 3 evaluators x 2 variants
+    transfer = after.filter((pl.col("cot_source") == "toy_opent") & (pl.col("condition") == "transfer"))
+    assert transfer.height == 3 * 3 * 2  # 3 evaluators x 2 variants
+    prefix = after.filter((pl.col("cot_source") == "toy_opent") & (pl.col("condition") == "prefix"))
+    assert prefix.height == 3 * 3 * 6  # 3 evaluators x 3 items x 6 fractions
     # The old evaluators computed only the requests on the new model's CoTs: every table they
     # had before was answered from the cache, each of them loaded its model once.
     for ev in ("toy_qwq", "toy_dapo"):
@@ -322,7 +439,7 @@ def test_demo_rerun_plans_nothing_and_new_model_computes_only_new_requests(demo_
                 assert served["computed"] == 0, path
         job = read_provenance(gen / "transfer/full/toy_opent.parquet")["extra"]["inference"]["job"]
         assert 0 < job["computed"] <= 2 * 3 and job["load_seconds"] is not None
-        assert (demo_run / f"logs/transfer/toyarith/{ev}.log").read_text().count(f"loading {ev}") == 1
+        assert (demo_run / f"results/logs/transfer/toyarith/{ev}.log").read_text().count(f"loading {ev}") == 1
         assert (gen / "ensemble/full/ens.parquet").stat().st_mtime_ns == untouched[ev]  # its job did not re-run
     new = read_provenance(demo_run / "results/generations/toyarith/toy_opent/default/full.parquet")
     assert new["extra"]["inference"]["job"]["cached"] == 0

@@ -31,8 +31,9 @@ WIDTH = 120
 class FileNode:
     path: str  # as recorded by the reader (relative to the workflow directory), or as given
     where: Path  # where it was found (or looked for)
-    kind: str  # "provenance", "no-provenance" (Parquet), "file" (not Parquet), "missing"
+    kind: str  # "provenance", "no-provenance" (Parquet), "unreadable" (Parquet), "file" (not Parquet), "missing"
     prov: dict | None = None
+    problem: str | None = None  # why an "unreadable" file cannot be read (truncated, not Parquet, ...)
     inputs: list[tuple[str, str | None]] = field(default_factory=list)  # (node key, recorded sha256)
     sha_now: str | None = None
     group: int = 0
@@ -72,7 +73,7 @@ def collect(path: str | os.PathLike, *, verify: bool = True) -> Lineage:
     directory, or else the nearest directory above the audited file where they exist. With
     `verify`, every input is hashed once and compared with the sha256 its readers recorded.
     """
-    from cotransfer.io import read_provenance, sha256_path
+    from cotransfer.io import TableError, read_provenance, reading, sha256_path
 
     root = Path(path)
     bases = [Path.cwd()] + list(root.resolve().parents)
@@ -100,14 +101,16 @@ def collect(path: str | os.PathLike, *, verify: bool = True) -> Lineage:
         if not where.exists():
             nodes[key] = FileNode(shown, where, "missing")
             continue
-        prov = None
+        prov = problem = None
         if where.suffix == ".parquet" and where.is_file():
             try:
-                prov = read_provenance(where)
-            except Exception:  # noqa: BLE001 - not readable as Parquet: audit it as a plain file
-                prov = None
-        kind = "provenance" if prov else ("no-provenance" if where.suffix == ".parquet" else "file")
-        node = nodes[key] = FileNode(shown, where, kind, prov)
+                with reading(where):
+                    prov = read_provenance(where)
+            except TableError as e:  # truncated, corrupt, not Parquet: shown, with how to remake it
+                problem = str(e).removeprefix(f"{where}: ")
+        kind = ("provenance" if prov else "unreadable" if problem else
+                "no-provenance" if where.suffix == ".parquet" else "file")
+        node = nodes[key] = FileNode(shown, where, kind, prov, problem=problem)
         todo = []
         for inp in (prov or {}).get("inputs", {}).values():
             loc = locate(str(inp["path"]))
@@ -279,7 +282,7 @@ def summarize(lineage: Lineage) -> dict:
         "file": nodes[lineage.root].path,
         "files": len(nodes), "jobs": sum(1 for g in lineage.groups if nodes[g.files[0]].prov is not None),
         "with_provenance": counts["provenance"], "parquet_without_provenance": counts["no-provenance"],
-        "other_files": counts["file"], "missing": counts["missing"],
+        "other_files": counts["file"], "missing": counts["missing"], "unreadable": counts["unreadable"],
         "models": models, "datasets": datasets, "configs": configs, "code": code, "engines": engines,
         "packages": {"common": common, "differ": differ}, "hosts": hosts,
         "time": {"started_utc": min(starts) if starts else None, "finished_utc": max(ends) if ends else None},
@@ -395,7 +398,8 @@ def _summary_lines(s: dict) -> list[str]:
              + (f"; {_n(s['other_files'], 'other file')} (no provenance)" if s["other_files"] else "")
              + (f"; {_n(s['parquet_without_provenance'], 'Parquet file')} WITHOUT provenance"
                 if s["parquet_without_provenance"] else "")
-             + (f"; {s['missing']} MISSING" if s["missing"] else ""), ""]
+             + (f"; {s['missing']} MISSING" if s["missing"] else "")
+             + (f"; {s['unreadable']} UNREADABLE" if s["unreadable"] else ""), ""]
     if not s["with_provenance"]:
         return lines[:2] + ["no provenance recorded in any file"]
 
@@ -474,7 +478,8 @@ def render(lineage: Lineage, summary: dict | None = None, *, full: bool = False)
         first = nodes[g.files[0]]
         p = first.prov
         if p is None:
-            what = {"missing": "MISSING", "no-provenance": "Parquet WITHOUT provenance", "file": "no provenance"}
+            what = {"missing": "MISSING", "no-provenance": "Parquet WITHOUT provenance", "file": "no provenance",
+                    "unreadable": f"UNREADABLE: {first.problem}"}
             sha = f", sha256 {first.sha_now[:12]}" if first.sha_now else ""
             lines.append(f"{head}{first.path}  ({what[first.kind]}{sha})")
             continue
@@ -507,7 +512,7 @@ def as_json(lineage: Lineage, summary: dict | None = None) -> dict:
     for key, n in nodes.items():
         p = n.prov or {}
         files.append({
-            "path": n.path, "kind": n.kind, "job": n.group, "rule": p.get("rule"),
+            "path": n.path, "kind": n.kind, "problem": n.problem, "job": n.group, "rule": p.get("rule"),
             "wildcards": p.get("wildcards"), "started_utc": p.get("started_utc"),
             "finished_utc": p.get("finished_utc"), "slurm_job_id": p.get("slurm_job_id"),
             "sha256": n.sha_now, "inputs": [nodes[i].path for i, _ in n.inputs],

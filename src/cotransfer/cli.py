@@ -1,5 +1,12 @@
 """The `cotransfer` command: audit lineage, compute consistency or every metric table, re-score,
-show and trim the request cache, validate a config, train the demo's toy models."""
+show and trim the request cache, validate a config, train the demo's toy models.
+
+Bad input (a missing, foreign, truncated or corrupt file, a table lacking columns, a config that
+is not YAML or breaks the schema, a directory where a file belongs) is one line on stderr,
+``cotransfer <command>: error: <file>: <what is wrong>``, and exit code 2 (`main`), never a
+traceback; tables are read through `cotransfer.io.read_table`/`scan_table`, which name the file
+and, for a pipeline file, the rule that writes it and how to make it again.
+"""
 
 from __future__ import annotations
 
@@ -9,14 +16,86 @@ import sys
 from pathlib import Path
 
 
+class CliError(Exception):
+    """Bad input, already described: `main` prints it as one line and exits with `code`."""
+
+    def __init__(self, message: str, code: int = 2):
+        super().__init__(message)
+        self.code = code
+
+
+def _one_line(text: str) -> str:
+    """A multi-line message (a ConfigError lists one bad key a line) as one line."""
+    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
+    if not lines:
+        return ""
+    return lines[0] + (" " + "; ".join(lines[1:]) if len(lines) > 1 else "")
+
+
+def _yaml_problem(e) -> str:
+    mark = getattr(e, "problem_mark", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    return where + (getattr(e, "problem", None) or _one_line(str(e)))
+
+
+def _load_config(path):
+    """The study of a config file; a missing, unreadable, non-YAML or invalid one is a
+    ConfigError naming the file (one line)."""
+    import yaml
+
+    from cotransfer.config import ConfigError, load
+
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(f"{p}: no such file")
+    if p.is_dir():
+        raise ConfigError(f"{p}: is a directory, not a config file")
+    try:
+        return load(p)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: not valid YAML ({_yaml_problem(e)})") from None
+    except ConfigError as e:
+        raise ConfigError(f"{p}: {_one_line(str(e))}") from None
+
+
+def _input_error(e: BaseException) -> str | None:
+    """One line for an exception that means bad input; None for anything else (a bug: let it
+    show its traceback)."""
+    if isinstance(e, CliError):
+        return str(e)
+    import yaml
+
+    from cotransfer.config import ConfigError
+    from cotransfer.io import TableError, _read_errors, _read_problem
+
+    if isinstance(e, (TableError, ConfigError)):
+        return _one_line(str(e))
+    if isinstance(e, yaml.YAMLError):
+        mark = getattr(e, "problem_mark", None)
+        name = getattr(mark, "name", None)
+        return f"{name + ': ' if name and not name.startswith('<') else ''}not valid YAML ({_yaml_problem(e)})"
+    if isinstance(e, OSError):
+        what = {FileNotFoundError: "no such file or directory", IsADirectoryError: "is a directory, not a file",
+                NotADirectoryError: "a directory on its path is a file",
+                PermissionError: "permission denied"}.get(type(e), e.strerror or _one_line(str(e)))
+        return f"{e.filename}: {what}" if e.filename else _one_line(str(e)) or what
+    if isinstance(e, _read_errors()):  # polars/pyarrow: read outside `io.reading`, the file unknown
+        return f"a table could not be read: {_read_problem(e)}"
+    return None
+
+
 def cmd_audit(args) -> int:
     """A summary of FILE's lineage, then the lineage itself, every file once (`cotransfer.audit`)."""
-    from cotransfer import audit
+    from cotransfer import audit, io
 
     path = Path(args.file)
     if not path.exists():
-        print(f"cotransfer audit: {path}: no such file", file=sys.stderr)
-        return 2
+        raise io.TableError(path, "no such file")
+    if path.is_dir():
+        raise io.TableError(path, "is a directory, not a file")
+    if path.suffix == ".parquet":  # a result file: its provenance must be readable
+        with io.reading(path):
+            io.read_provenance(path)
     lineage = audit.collect(path, verify=not args.no_verify)
     if args.json:
         print(json.dumps(audit.as_json(lineage), indent=2, sort_keys=True, default=str))
@@ -30,8 +109,9 @@ def cmd_consistency(args) -> int:
 
     from cotransfer import io, metrics
 
-    answers = pl.read_parquet(args.answers)
-    df = metrics.consistency(answers, definition=args.definition)
+    answers = io.read_table(args.answers, required=list(metrics.ANSWER_SCHEMA), what="answers table")
+    with io.reading(args.answers, errors=(ValueError, pl.exceptions.PolarsError)):
+        df = metrics.consistency(answers, definition=args.definition)
     io.write_parquet(df, args.output, io.provenance(rule="cli:consistency", inputs=[args.answers],
                                                     extra={"definition": args.definition}))
     print(f"{df.height} evaluator pairs -> {args.output}")
@@ -41,41 +121,24 @@ def cmd_consistency(args) -> int:
 def cmd_metrics(args) -> int:
     """Every metric table of an answers table (`metrics.all_tables`) as DIR/<table>.parquet."""
     import polars as pl
-    import pyarrow.parquet as pq
 
     from cotransfer import io, metrics
 
-    def fail(msg: str) -> int:
-        print(f"cotransfer metrics: {msg}", file=sys.stderr)
-        return 2
-
     path = Path(args.answers)
-    if not path.is_file():
-        return fail(f"{path}: no such file")
-    try:
-        pq.read_schema(path)
-    except Exception as e:  # pyarrow raises ArrowInvalid (and others) for a file that is not Parquet
-        return fail(f"{path}: not a Parquet file ({str(e).splitlines()[0] if str(e) else type(e).__name__})")
+    answers = io.scan_table(path, required=list(metrics.ANSWER_SCHEMA), what="answers table")
     study = config = None
     if args.config:
-        from cotransfer.config import ConfigError, load
-
-        try:
-            study = load(args.config)
-        except (ConfigError, OSError) as e:
-            return fail(f"{args.config}: {e}")
+        study = _load_config(args.config)
         config = study.raw
-    try:
+    with io.reading(path, errors=(ValueError, pl.exceptions.PolarsError)):  # collected here: name the file
         if study is not None:  # ensembles, post-training tags, Instruction Induction similarity
             from cotransfer.stages import metric_tables
 
-            tables = metric_tables(study, pl.scan_parquet(path), bootstrap=args.bootstrap,
+            tables = metric_tables(study, answers, bootstrap=args.bootstrap,
                                    permutations=args.permutations, seed=args.seed)
         else:
-            tables = metrics.all_tables(pl.scan_parquet(path), bootstrap=args.bootstrap, seed=args.seed,
+            tables = metrics.all_tables(answers, bootstrap=args.bootstrap, seed=args.seed,
                                         permutations=args.permutations)
-    except (ValueError, pl.exceptions.PolarsError) as e:
-        return fail(f"{path}: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}")
     inputs = {"answers": str(path), **({"config": str(args.config)} if args.config else {})}
     prov = io.provenance(rule="cli:metrics", config=config, inputs=inputs,
                          extra={"bootstrap": args.bootstrap, "seed": args.seed, "permutations": args.permutations})
@@ -92,6 +155,7 @@ def cmd_metrics(args) -> int:
 
 def cmd_score(args) -> int:
     import polars as pl
+    import pyarrow as pa
     import yaml
 
     from cotransfer import io
@@ -102,27 +166,27 @@ def cmd_score(args) -> int:
     try:
         adapter_cls = get_adapter(args.kind)
     except KeyError as e:
-        print(f"cotransfer score: {e.args[0]}", file=sys.stderr)
-        return 2
+        raise CliError(e.args[0]) from None
     options = []
     for kv in args.option:
         key, sep, value = kv.partition("=")
         if not sep or not key:
-            print(f"cotransfer score: --option {kv!r} is not KEY=VALUE", file=sys.stderr)
-            return 2
-        options.append((key, yaml.safe_load(value)))  # numbers and lists as in a config file
+            raise CliError(f"--option {kv!r} is not KEY=VALUE")
+        try:
+            options.append((key, yaml.safe_load(value)))  # numbers and lists as in a config file
+        except yaml.YAMLError as e:
+            raise CliError(f"--option {kv!r}: the value is not valid YAML ({_yaml_problem(e)})") from None
     spec = DatasetSpec(name=args.kind, adapter=args.kind, path=args.data, n_items=None, options=tuple(options))
-    try:
-        items = adapter_cls(spec).load_all(Path(args.data))
-    except ValueError as e:
-        print(f"cotransfer score: {e}", file=sys.stderr)
-        return 2
-    gens = pl.read_parquet(args.generations)
-    try:
+    data = Path(args.data)
+    try:  # a missing file is an OSError naming it (`main`); toyarith needs none
+        items = adapter_cls(spec).load_all(data)
+    except (pl.exceptions.PolarsError, pa.ArrowException) as e:  # a table that is not the format
+        raise CliError(f"{data}: cannot be read as {args.kind} data ({_one_line(str(e))})") from None
+    except ValueError as e:  # the adapter's own message (a bad option, a malformed file)
+        raise CliError(_one_line(str(e))) from None
+    gens = io.read_table(args.generations, required=["item_id", "answer_text"], what="generations")
+    with io.reading(args.generations, errors=(ValueError,)):
         scored = score_generations(spec, items, gens)
-    except ValueError as e:
-        print(f"cotransfer score: {e}", file=sys.stderr)
-        return 2
     io.write_parquet(scored, args.output, io.provenance(
         rule="cli:score", inputs={"data": args.data, "generations": args.generations},
         datasets={args.kind: {"adapter": args.kind, "adapter_version": adapter_cls.version, "path": args.data}}))
@@ -135,15 +199,11 @@ def cmd_score(args) -> int:
 def _cache_root(args) -> Path:
     if args.dir:
         return Path(args.dir)
-    from cotransfer.config import ConfigError, load
     from cotransfer.stages import cache_dir
 
-    try:
-        root = cache_dir(load(args.config))
-    except (ConfigError, OSError) as e:
-        raise SystemExit(f"cotransfer cache: {args.config}: {e}")
+    root = cache_dir(_load_config(args.config))
     if root is None:
-        raise SystemExit(f"cotransfer cache: {args.config} turns the request cache off (engine.cache: false)")
+        raise SystemExit(f"cotransfer cache: error: {args.config} turns the request cache off (engine.cache: false)")
     return Path(root)
 
 
@@ -157,9 +217,11 @@ def _size(n: int) -> str:
 
 def cmd_cache(args) -> int:
     from cotransfer import cache as C
+    from cotransfer import io
 
     root = _cache_root(args)
-    infos = C.scan(root)
+    with io.reading(root, what="request cache"):  # a damaged shard: name the cache at least
+        infos = C.scan(root)
     if args.action == "stats":
         if not infos:
             print(f"{root}: empty")
@@ -196,13 +258,12 @@ def cmd_cache(args) -> int:
 
 
 def cmd_validate(args) -> int:
-    from cotransfer.config import ConfigError, load
+    from cotransfer.config import ConfigError
 
     try:
-        study = load(args.config)
+        study = _load_config(args.config)
     except ConfigError as e:
-        print(f"{args.config}: {e}", file=sys.stderr)
-        return 1
+        raise CliError(str(e), code=1) from None
     print(f"{args.config}: ok ({len(study.models)} models, {len(study.datasets)} datasets, "
           f"{len(study.ensembles)} ensembles)")
     return 0
@@ -216,8 +277,7 @@ def cmd_train_toys(args) -> int:
     known = {*RECIPES, *FILTER_RECIPES}
     unknown = sorted(set(args.names) - known)
     if unknown:
-        print(f"cotransfer train-toys: unknown model(s) {unknown}; known: {sorted(known)}", file=sys.stderr)
-        return 2
+        raise CliError(f"unknown model(s) {unknown}; known: {sorted(known)}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     for path, acc in train_recipes(args.out, args.names or None, args.jobs):
         if "exact_match" in acc:
@@ -234,12 +294,21 @@ def cmd_cluster_check(args) -> int:
     from cotransfer import cluster
 
     snakefile = args.snakefile or str(Path(__file__).resolve().parents[2] / "Snakefile")
+    if args.configfile:  # the last one is the study (cluster.planned_jobs); check it before planning
+        _load_config(args.configfile[-1])
+    if args.sinfo:
+        sinfo = Path(args.sinfo)
+        try:
+            parts = cluster.parse_sinfo(sinfo.read_text())
+        except ValueError as err:
+            raise CliError(f"{sinfo}: {_one_line(str(err))}") from None
     try:
-        parts = (cluster.parse_sinfo(Path(args.sinfo).read_text()) if args.sinfo else cluster.sinfo())
+        if not args.sinfo:
+            parts = cluster.sinfo()
         jobs = cluster.planned_jobs(args.profile, args.configfile or [], snakefile, args.snakemake_args)
-    except (RuntimeError, ValueError, OSError) as err:
-        print(f"cotransfer cluster-check: {err}", file=sys.stderr)
-        return 2
+    except (RuntimeError, ValueError) as err:
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        raise CliError(lines[0] + (f" ... {lines[-1]}" if len(lines) > 1 else "")) from None
     problems = cluster.check(jobs, parts)
     for line in problems:
         print(line)
@@ -262,9 +331,8 @@ def cmd_test_cluster(args) -> int:
         else:
             testcluster.TestCluster.load(args.dir).stop()
             print("test cluster stopped")
-    except (testcluster.ClusterUnavailable, FileNotFoundError) as err:
-        print(f"cotransfer test-cluster: {err}", file=sys.stderr)
-        return 2
+    except testcluster.ClusterUnavailable as err:
+        raise CliError(_one_line(str(err))) from None
     return 0
 
 
@@ -348,7 +416,14 @@ def main(argv: list[str] | None = None) -> int:
     tc.set_defaults(fn=cmd_test_cluster)
 
     args = p.parse_args(argv)
-    return args.fn(args)
+    try:
+        return args.fn(args)
+    except Exception as e:  # noqa: BLE001 - bad input is one line; anything else re-raised below
+        message = _input_error(e)
+        if message is None:
+            raise
+        print(f"cotransfer {args.cmd}: error: {message}", file=sys.stderr)
+        return getattr(e, "code", 2) if isinstance(e, CliError) else 2
 
 
 if __name__ == "__main__":

@@ -4,7 +4,12 @@
 schema's defaults in place and fails with one message per problem, each naming the offending key
 path (``decoding.temperature: 'hot' is not of type 'number'``). `Study.from_dict()` then turns
 the dict into frozen dataclasses, after the cross-references the schema cannot express (an
-ensemble naming an unknown model, a strip model that does not exist) have been checked.
+ensemble naming an unknown model, a strip model that does not exist) have been checked. Last,
+`check_inputs()` checks on this machine, without a GPU or the network, the files the config
+names (model folders, dataset paths and sizes, the ratings file, similarity weights), so that a
+bad input fails in `cotransfer validate` and when Snakemake parses the workflow, before any job.
+`Study.from_dict()` alone reads no file (beyond whether an `optional` model's folder exists):
+it also serves planning and analysis where the inputs are not.
 
 Each spec exports its *result-defining* part with `.params()`: the Snakefile passes that as rule
 `params`, so changing a revision or a decoding value re-runs exactly the jobs it affects, while
@@ -86,8 +91,12 @@ def load_schema(path: Path | str = SCHEMA_PATH) -> dict:
         return yaml.safe_load(fh)
 
 
-def validate(config: dict, schema_path: Path | str = SCHEMA_PATH) -> dict:
-    """Validate `config` in place, filling defaults. Raises ConfigError naming every bad key."""
+def validate(config: dict, schema_path: Path | str = SCHEMA_PATH, *, inputs: bool = True) -> dict:
+    """Validate `config` in place, filling defaults. Raises ConfigError naming every bad key.
+
+    `inputs=True` (the default, what `cotransfer validate` and the workflow use) also checks the
+    files the config names on this machine (`check_inputs`); `inputs=False` only the config
+    itself, for reading a study's settings where its inputs are not (e.g. analysis elsewhere)."""
     if not isinstance(config, dict):
         raise ConfigError("config: expected a mapping at the top level")
     validator = _defaulting_validator(load_schema(schema_path))
@@ -95,14 +104,152 @@ def validate(config: dict, schema_path: Path | str = SCHEMA_PATH) -> dict:
     if errors:
         lines = [f"  {_key_path(e)}: {_describe(e)}" for e in errors]
         raise ConfigError("invalid configuration:\n" + "\n".join(lines))
-    Study.from_dict(config)  # cross-reference checks
+    study = Study.from_dict(config)  # cross-reference checks
+    if inputs:
+        check_inputs(study)
     return config
 
 
-def load(path: Path | str, schema_path: Path | str = SCHEMA_PATH) -> "Study":
+def load(path: Path | str, schema_path: Path | str = SCHEMA_PATH, *, inputs: bool = True) -> "Study":
     with open(path) as fh:
         raw = yaml.safe_load(fh) or {}
-    return Study.from_dict(validate(raw, schema_path))
+    return Study.from_dict(validate(raw, schema_path, inputs=inputs))
+
+
+# --------------------------------------------------------------------------------------------
+# inputs on this machine, before any job
+
+#: files any one of which gives transformers/vLLM a tokenizer (tokenizer_config.json alone does not)
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model",
+                   "sentencepiece.bpe.model", "tekken.json")
+#: `*.bin` files in a checkpoint folder that hold no model weights
+NOT_WEIGHTS = frozenset({"training_args.bin", "optimizer.bin", "scheduler.bin", "scaler.bin"})
+
+
+def _where(path: str) -> str:
+    return path if Path(path).is_absolute() else f"{path} (relative to the working directory {Path.cwd()})"
+
+
+def _json_problem(path: Path) -> str | None:
+    try:
+        json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        return f"{path.name} is not valid JSON ({' '.join(str(e).split())[:200]})"
+    return None
+
+
+def model_dir_problem(path: str, *, chat_template: bool = True) -> str | None:
+    """What keeps `path` from loading as a Hugging Face model folder, in one line, or None.
+
+    A model folder has `config.json` (valid JSON), a tokenizer (one of TOKENIZER_FILES or a
+    `*.tiktoken` file), weights (`*.safetensors` or `*.bin`; with a `*.index.json` shard index,
+    every shard it lists) and, for a model the pipeline prompts (`chat_template`), a chat
+    template (`chat_template.jinja`, `chat_template.json` or a `chat_template` entry of
+    `tokenizer_config.json`). Relative paths are read from the working directory, as the jobs
+    read them (`stages.prepare_model`)."""
+    p = Path(path)
+    if not p.exists():
+        return f"no such folder {_where(path)}"
+    if not p.is_dir():
+        return f"{_where(path)} is a file, not a model folder"
+    missing, broken = [], []
+    if not (p / "config.json").is_file():
+        missing.append("config.json")
+    elif problem := _json_problem(p / "config.json"):
+        broken.append(problem)
+    if not any((p / f).is_file() for f in TOKENIZER_FILES) and not any(p.glob("*.tiktoken")):
+        missing.append("a tokenizer (" + ", ".join(TOKENIZER_FILES[:4]) + " or the like)")
+    if chat_template and not _has_chat_template(p):
+        missing.append("a chat template (chat_template.jinja, or chat_template in tokenizer_config.json)")
+    indexes = sorted(p.glob("*.index.json"))  # sharded weights: one complete index is enough
+    index_missing, index_broken = [], []
+    for index in indexes:
+        if problem := _json_problem(index):
+            index_broken.append(problem)
+            continue
+        data = json.loads(index.read_text(encoding="utf-8"))
+        shards = sorted(set(((data.get("weight_map") if isinstance(data, dict) else None) or {}).values()))
+        absent = [s for s in shards if not (p / s).is_file()]
+        if not shards:
+            index_broken.append(f"{index.name} lists no weight shards")
+        elif absent:
+            more = f" and {len(absent) - 3} more" if len(absent) > 3 else ""
+            index_missing.append(f"weight shard(s) {', '.join(absent[:3])}{more} (listed in {index.name})")
+        else:
+            index_missing, index_broken = [], []
+            break
+    missing += index_missing
+    broken += index_broken
+    if not indexes and not any(p.glob("*.safetensors")) and not [
+            f for f in p.glob("*.bin") if f.name not in NOT_WEIGHTS]:
+        missing.append("weights (*.safetensors or *.bin)")
+    if not missing and not broken:
+        return None
+    parts = ([f"missing {', '.join(missing)}"] if missing else []) + broken
+    return f"{_where(path)} is not a complete model folder: {'; '.join(parts)}"
+
+
+def _has_chat_template(p: Path) -> bool:
+    if (p / "chat_template.jinja").is_file() or (p / "chat_template.json").is_file():
+        return True
+    try:
+        return bool(json.loads((p / "tokenizer_config.json").read_text(encoding="utf-8")).get("chat_template"))
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+        return False
+
+
+def check_inputs(study: "Study") -> None:
+    """Check, before any job, what the config names on this machine; no GPU, no network.
+
+    - every local model (`models.*.path`, `aux_models.*.path`) is a complete model folder
+      (`model_dir_problem`); an `optional` model whose folder is absent was already left out;
+    - every dataset passes its adapter's `check_inputs` (a local `path:` exists and reads; the
+      similarity backend's local weights), and an `n_items` above what the adapter says the
+      dataset holds (`available()`, when known without the network) is refused: items are drawn
+      without replacement and every item id is unique, so n_items must not exceed the rows;
+    - the `preference.ratings` table exists and reads as ratings (`preference.load_ratings`).
+
+    Hub models and datasets are not checked (that needs the network). Raises one ConfigError
+    with a line per problem, each starting with its key (`models.toy_qwq.path: ...`)."""
+    problems = []
+    for group, specs in (("models", study.models), ("aux_models", study.aux_models)):
+        for name, spec in specs.items():
+            if spec.source == "local" and (problem := model_dir_problem(spec.path)):
+                problems.append(f"{group}.{name}.path: {problem}")
+    from cotransfer.datasets import get_adapter
+
+    for name, d in study.datasets.items():
+        try:
+            adapter = get_adapter(d.adapter)(d)  # builds the similarity backend of II: checks its options
+            adapter.check_inputs()
+            available = adapter.available()
+        except (ValueError, OSError) as e:
+            message = " ".join(str(e).split())
+            problems.append(message if message.startswith(f"datasets.{name}") else f"datasets.{name}: {message}")
+            continue
+        n = d.n_items
+        if n is not None and available is not None and n > available:
+            source = d.path or f"adapter {d.adapter}" + (f" with options {d.opts}" if d.opts else "")
+            problems.append(f"datasets.{name}.n_items: {n} is more than the {available} {adapter.size_unit} "
+                            f"of {source}; n_items must not exceed them (items are drawn without "
+                            "replacement, each with its own id)")
+    if study.preference is not None:
+        from cotransfer.preference import load_ratings
+
+        ratings = study.preference.ratings
+        if Path(ratings).is_dir():
+            problems.append(f"preference.ratings: {_where(ratings)} is a folder, not a ratings table")
+        elif not Path(ratings).is_file():
+            problems.append(f"preference.ratings: no such file {_where(ratings)}")
+        else:
+            try:
+                load_ratings(ratings)
+            except ValueError as e:
+                problems.append(f"preference.ratings: {' '.join(str(e).split())}")
+    if len(problems) == 1:
+        raise ConfigError(problems[0])
+    if problems:
+        raise ConfigError("invalid inputs:\n" + "\n".join(f"  {p}" for p in problems))
 
 
 def config_sha256(config: dict) -> str:
@@ -358,6 +505,57 @@ class PreferenceSpec:
         return {s.label: s.as_dict() for s in self.sources}
 
 
+DEFAULT_FRACTIONS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeSpec:
+    """Which part of a CoT transfers (docs/probe.md): prefix transfer (each model's greedy CoTs
+    cut at sentence ends to `fractions` of their length, prefilled into every evaluator) and
+    sentence importance (one sentence dropped at a time, on `importance_items` items; None: all),
+    each answered `importance_samples` times (1: greedy, the transfer condition's decoding; more:
+    the sampled condition's)."""
+
+    prefix: bool = True
+    fractions: tuple[float, ...] = DEFAULT_FRACTIONS
+    importance: bool = True
+    importance_items: int | None = 20
+    importance_samples: int = 1
+
+    @property
+    def enabled(self) -> bool:
+        return self.prefix or self.importance
+
+    @classmethod
+    def from_config(cls, prefix: dict | None, importance: dict | None) -> "ProbeSpec":
+        prefix, importance = prefix or {}, importance or {}
+        fractions = tuple(float(f) for f in prefix.get("fractions", DEFAULT_FRACTIONS))
+        if prefix.get("enabled", True):
+            if any(not 0.0 <= f <= 1.0 for f in fractions):
+                raise ConfigError(f"prefix.fractions: every fraction must lie in [0, 1], got {list(fractions)}")
+            if len(set(fractions)) != len(fractions) or list(fractions) != sorted(fractions):
+                raise ConfigError(f"prefix.fractions: expected distinct fractions in increasing order, "
+                                  f"got {list(fractions)}")
+            if 1.0 not in fractions:
+                raise ConfigError(f"prefix.fractions: must include 1.0 (the whole CoT: the transfer point is "
+                                  f"measured against it), got {list(fractions)}")
+        n = importance.get("n_items", 20)
+        if n != "all" and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+            raise ConfigError(f"importance.n_items: expected a positive integer or 'all', got {n!r}")
+        samples = importance.get("samples", 1)
+        if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
+            raise ConfigError(f"importance.samples: expected a positive integer, got {samples!r}")
+        return cls(prefix=bool(prefix.get("enabled", True)), fractions=fractions,
+                   importance=bool(importance.get("enabled", True)),
+                   importance_items=None if n == "all" else n, importance_samples=samples)
+
+    def params(self) -> dict:
+        """Result-defining part (the probe rule's params)."""
+        return {"prefix": self.prefix and list(self.fractions),
+                "importance": self.importance and {"n_items": self.importance_items,
+                                                   "samples": self.importance_samples}}
+
+
 @dataclass(frozen=True, slots=True)
 class Study:
     name: str
@@ -378,6 +576,7 @@ class Study:
     engine: dict = field(default_factory=dict)
     preference: PreferenceSpec | None = None
     compat: Compat = field(default_factory=Compat)
+    probe: ProbeSpec = field(default_factory=ProbeSpec)
     raw: dict = field(default_factory=dict, repr=False, compare=False)
 
     @staticmethod
@@ -532,6 +731,7 @@ class Study:
             engine=dict(c.get("engine") or {}),
             preference=cls._preference(c, models, ensembles, datasets, compat),
             compat=compat,
+            probe=ProbeSpec.from_config(c.get("prefix"), c.get("importance")),
             raw=c,
         )
 

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import polars as pl
 
-from cotransfer import io
+from cotransfer import faults, io
 from cotransfer.config import EnsembleSpec, Sampling, Study
 from cotransfer.engine import Engine, Request, derive_seed, perplexity, sequence_score
 from cotransfer.formats import FORMATS, get_format
@@ -344,6 +344,7 @@ def run(study: Study, dataset: str, spec: EnsembleSpec, items: list[dict],
         rec["active"] = still
         if book is not None:
             book.append(step, rec)
+        faults.point("step")  # the fault suite kills a job here: the step is logged
         advance(json.loads(json.dumps(rec)) if book is not None else rec)
         prefilled = sum(engines[m].stats.prefill_tokens for m in spec.members) - prefill0
         log.info("ensemble %s step %d: %d rows still active; %d tokens prefilled for scoring",

@@ -1,4 +1,6 @@
-"""Figures F1-F12 of method.md §8.4, drawn from the metric tables (`metrics.all_tables()`).
+"""Figures F1-F12 of method.md §8.4, drawn from the metric tables (`metrics.all_tables()`), and
+F13-F14 of the probes (which part of a CoT transfers), drawn from the tables of
+`cotransfer.probe_metrics`.
 
 Each figure has a builder, `<name>_figure(table, ...) -> Figure`, that only reshapes its table
 (filters, pivots, and means over evaluators, sources or models for display) and draws it. No
@@ -53,9 +55,10 @@ MEAN_COLOR = "#333333"
 # Figure id -> file stem. F4 and F11 write several figures; their extra stems are in EXTRA_STEMS.
 FIGURES = {"F1": "overview", "F2": "consistency", "F3": "heatmap", "F4": "accuracy", "F5": "breakdown",
            "F6": "self_consistency", "F7": "involvement", "F8": "post_training", "F9": "transitions",
-           "F10": "user_study", "F11": "ii_consistency", "F12": "ensemble"}
+           "F10": "user_study", "F11": "ii_consistency", "F12": "ensemble", "F13": "prefix_transfer",
+           "F14": "sentence_importance"}
 EXTRA_STEMS = {"F4": ["accuracy_transfer"], "F11": ["ii_tasks", "ii_accuracy"]}
-# Stems that get a strict twin `<stem>_strict`.
+# Stems that get a strict twin `<stem>_strict` (the probe figures have none: agreement has one rule).
 TWINNED = frozenset({"overview", "consistency", "heatmap", "self_consistency", "involvement", "post_training",
                      "ii_consistency", "ii_tasks"})
 
@@ -101,8 +104,8 @@ def model_colors(names: Iterable[str | None]) -> dict[str, str]:
 
 
 def study_models(tables: Mapping[str, pl.DataFrame | pl.LazyFrame | None]) -> list[str]:
-    """Every model name in the tables: evaluators, transfer sources and post-training sources.
-    Ensemble names are not models and are left out."""
+    """Every model name in the tables: evaluators, transfer sources, post-training sources and the
+    probes' readers and sources. Ensemble names are not models and are left out."""
     names: set[str] = set()
 
     def add(key: str, *columns: str, condition: str | None = None) -> None:
@@ -124,6 +127,9 @@ def study_models(tables: Mapping[str, pl.DataFrame | pl.LazyFrame | None]) -> li
     add("transitions", "evaluator")
     add("post_training", "source")
     add("ii_task_accuracy", "evaluator")
+    add("prefix_transfer", "evaluator", "cot_source")
+    add("sentence_importance", "evaluator", "cot_source")
+    add("importance_correlation", "evaluator_a", "evaluator_b", "cot_source")
     return sorted(names)
 
 
@@ -341,14 +347,17 @@ def _variant_legend(ax: Axes, variants: Iterable[str | None], *, hatched: bool, 
 
 
 def _heatmap(ax: Axes, matrix: list[list[float]], rows: list[str], cols: list[str], *,
-             blank_diagonal: bool = False, aspect: str = "auto", cmap: str = "viridis"):
-    """Values in [0, 1] with the number in each cell; NaN = grey '–'. Returns the image."""
+             blank_diagonal: bool = False, aspect: str = "auto", cmap: str = "viridis",
+             vmin: float = 0.0, vmax: float = 1.0):
+    """Values in [vmin, vmax] (default [0, 1]) with the number in each cell; NaN = grey '–'. A
+    range that includes negative values is read as diverging (white text at both ends). Returns the
+    image."""
     import numpy as np
     from matplotlib import colormaps
     from matplotlib.patches import Rectangle
 
     values = np.ma.masked_invalid(np.array(matrix, dtype=float).reshape(len(rows), len(cols)))
-    image = ax.imshow(values, cmap=colormaps[cmap].with_extremes(bad=NAN_COLOR), vmin=0.0, vmax=1.0, aspect=aspect)
+    image = ax.imshow(values, cmap=colormaps[cmap].with_extremes(bad=NAN_COLOR), vmin=vmin, vmax=vmax, aspect=aspect)
     annotate = len(rows) * len(cols) <= 400
     for i in range(len(rows)):
         for j in range(len(cols)):
@@ -357,7 +366,8 @@ def _heatmap(ax: Axes, matrix: list[list[float]], rows: list[str], cols: list[st
                 continue
             if annotate:
                 v = matrix[i][j]
-                text, colour = ("–", "black") if math.isnan(v) else (f"{v:.2f}", "white" if v < 0.6 else "black")
+                dark = abs(v) > 0.6 * max(abs(vmin), abs(vmax)) if vmin < 0 else v < 0.6
+                text, colour = ("–", "black") if math.isnan(v) else (f"{v:.2f}", "white" if dark else "black")
                 ax.text(j, i, text, ha="center", va="center", fontsize=7, color=colour)
     ax.set_xticks(range(len(cols)), [_wrap(c, 16) for c in cols], rotation=45 if len(cols) > 2 else 0,
                   ha="right" if len(cols) > 2 else "center", fontsize=7)
@@ -940,6 +950,229 @@ def ensemble_figure(diag: pl.DataFrame) -> Figure:
 
 
 # --------------------------------------------------------------------------------------------
+# F13-F14: which part of a CoT transfers (cotransfer.probe_metrics)
+
+PROBE_WRAP = 4  # panels per row before the probe figures wrap
+SELF_LW, READER_LW = 2.6, 1.2
+
+
+def _probe_panels(df: pl.DataFrame) -> tuple[list[tuple[str, str]], list[str], list[str]]:
+    """The (dataset, cot_source) panels of a probe table in order, its datasets and sources."""
+    datasets = sorted(df["dataset"].unique().drop_nulls())
+    sources = sorted(df["cot_source"].unique().drop_nulls())
+    panels = sorted(df.select("dataset", "cot_source").unique().drop_nulls().rows())
+    return panels, datasets, sources
+
+
+def _probe_title(ds: str, source: str, several: bool) -> str:
+    return f"{ds} · CoT of {source}" if several else f"CoT of {source}"
+
+
+def _reader_style(reader: str, source: str, colors: Mapping[str, str]) -> dict:
+    """A reader's line: its model colour; the source reading its own CoT thicker and on top."""
+    own = reader == source
+    return {"color": colors.get(reader, MEAN_COLOR), "lw": SELF_LW if own else READER_LW,
+            "ls": "-", "zorder": 3 if own else 2, "alpha": 1.0 if own else 0.9}
+
+
+def _reader_handles(readers: list[str], sources: list[str], colors: Mapping[str, str]) -> list:
+    """Legend handles of the readers (not added to any axes)."""
+    from matplotlib.lines import Line2D
+
+    return [Line2D([], [], color=colors.get(r, MEAN_COLOR), marker="o", ms=4,
+                   lw=SELF_LW if r in sources else READER_LW,
+                   label=f"{r} (thick: reading its own CoT)" if r in sources else r) for r in readers]
+
+
+def prefix_transfer_figure(prefix: pl.DataFrame, colors: Mapping[str, str] | None = None) -> Figure:
+    """F13: how much of a source's CoT a reader needs to reach the source's answer.
+
+    One panel per (dataset, cot_source): datasets as rows and sources as columns, or rows of
+    `PROBE_WRAP` panels when there are more sources (or the datasets have different sources). x
+    is the share of the source's CoT that the reader saw (characters, cut at sentence ends), y the
+    reader's agreement with the source's own answer, one line per reader (`evaluator`) in its
+    model colour; the source reading its own CoT is drawn thicker. The shaded band is the
+    bootstrap CI (`agreement_lo`-`agreement_hi`, where present) and a hollow marker on the line is
+    the reader's transfer point (the first fraction reaching 90% of its value at 1.0). Reads
+    `probe_metrics.prefix_transfer`."""
+    import numpy as np
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    df = _frame(prefix).filter(pl.col("source_agreement").is_not_null())
+    colors = colors or model_colors([*df["evaluator"], *df["cot_source"]])
+    panels, datasets, sources = _probe_panels(df)
+    readers = sorted(df["evaluator"].unique().drop_nulls())
+    several = len(datasets) > 1
+    if len(sources) <= PROBE_WRAP and len(panels) == len(datasets) * len(sources):
+        nrows, ncols = len(datasets), len(sources)
+        where = {(ds, s): (i, j) for i, ds in enumerate(datasets) for j, s in enumerate(sources)}
+    else:  # many sources, or datasets with different sources: wrapped rows of panels
+        ncols = min(len(panels), PROBE_WRAP)
+        nrows = math.ceil(len(panels) / ncols)
+        where = {p: divmod(k, ncols) for k, p in enumerate(panels)}
+    fig = _figure(1.2 + 3.4 * ncols + 2.2, 0.8 + 3.0 * nrows)
+    axes = _panels(fig, nrows, ncols, sharey=True)
+    for r, row in enumerate(axes):
+        for c, ax in enumerate(row):
+            if (r, c) not in where.values():
+                ax.set_visible(False)
+    for (ds, source), (r, c) in where.items():
+        ax = axes[r][c]
+        sub = df.filter(pl.col("dataset") == ds, pl.col("cot_source") == source)
+        for reader in [x for x in readers if x in set(sub["evaluator"])]:
+            part = sub.filter(pl.col("evaluator") == reader).sort("fraction")
+            style = _reader_style(reader, source, colors)
+            x = part["fraction"].to_numpy()
+            y = part["source_agreement"].to_numpy()
+            ax.plot(x, y, marker="o", ms=3.5, label=reader, **style)
+            lo = part["agreement_lo"].to_numpy().astype(float)
+            hi = part["agreement_hi"].to_numpy().astype(float)
+            known = ~(np.isnan(lo) | np.isnan(hi))
+            if known.any():
+                ax.fill_between(x, np.where(known, lo, y), np.where(known, hi, y), where=known,
+                                color=style["color"], alpha=0.15, lw=0, zorder=1, gid=f"band:{reader}")
+            point = part["transfer_point"].drop_nulls()
+            if point.len():
+                tp = float(point[0])
+                at = part.filter(pl.col("fraction") == tp)["source_agreement"]
+                y_tp = float(at[0]) if at.len() else float(np.interp(tp, x, y))
+                ax.scatter([tp], [y_tp], s=90, facecolors="none", edgecolors=style["color"], linewidths=1.4,
+                           zorder=4, gid=f"transfer_point:{reader}")
+        ax.set_xlim(-0.03, 1.03)
+        ax.set_ylim(0, 1.05)
+        ax.grid(alpha=0.3, lw=0.5)
+        ax.set_xlabel("share of the source's CoT\n(characters, cut at sentence ends)", fontsize=8)
+        ax.yaxis.set_tick_params(labelleft=True)
+        if c == 0:
+            ax.set_ylabel("agreement with the source's own answer", fontsize=8)
+        _title(ax, f"{_probe_title(ds, source, several)} ({_n_text(sub['n'], 'items')})", fontsize=9)
+    handles = _reader_handles(readers, sources, colors)
+    handles += [Patch(facecolor="0.5", alpha=0.3, label="bootstrap CI over items"),
+                Line2D([], [], ls="none", marker="o", ms=8, mfc="none", mec="0.3",
+                       label="transfer point (first fraction at\n90% of the value at 1.0)")]
+    anchor = axes[0][max(c for r, c in where.values() if r == 0)]
+    anchor.legend(handles=handles, title="reader", fontsize=7, title_fontsize=8, loc="upper left",
+                  bbox_to_anchor=(1.02, 1.0))
+    _suptitle(fig, "F13 · prefix transfer: agreement with the source's answer after reading a share of its CoT "
+                   "(0: no thought, 1: the whole CoT, as in Transfer)", fontsize=10)
+    return fig
+
+
+def _importance_curve(part: pl.DataFrame, exact: list[float] | None) -> tuple[list[float], list[float]]:
+    """Mean importance per position (`exact` positions) or per fifth of [0, 1] (bin centres)."""
+    if exact is not None:
+        means = part.group_by("position").agg(pl.col("importance").mean())
+        cell = dict(means.rows())
+        xs = [p for p in exact if cell.get(p) is not None]
+        return xs, [cell[p] for p in xs]
+    binned = (part.with_columns(bin=(pl.col("position").clip(0.0, 1.0) * 5).floor().clip(0, 4).cast(pl.Int64))
+              .group_by("bin").agg(pl.col("importance").mean()).sort("bin"))
+    return [(b + 0.5) / 5 for b in binned["bin"]], binned["importance"].to_list()
+
+
+def _correlation_matrix(part: pl.DataFrame) -> tuple[list[str], list[list[float]]]:
+    """Readers (sorted) and the symmetric Spearman matrix of one (dataset, source); diagonal 1,
+    NaN where the pair has no value."""
+    readers = sorted(set(part["evaluator_a"].drop_nulls()) | set(part["evaluator_b"].drop_nulls()))
+    index = {r: i for i, r in enumerate(readers)}
+    matrix = [[1.0 if i == j else math.nan for j in range(len(readers))] for i in range(len(readers))]
+    for a, b, rho in part.select("evaluator_a", "evaluator_b", "spearman").iter_rows():
+        if a is None or b is None or a == b:
+            continue
+        matrix[index[a]][index[b]] = matrix[index[b]][index[a]] = math.nan if rho is None else rho
+    return readers, matrix
+
+
+def importance_figure(importance: pl.DataFrame, correlation: pl.DataFrame | None = None,
+                      colors: Mapping[str, str] | None = None) -> Figure:
+    """F14: which sentences of a source's CoT carry its answer, for each reader.
+
+    Top: one panel per (dataset, cot_source), the mean importance of a sentence (the drop in the
+    reader's agreement with the source's answer when the sentence is left out) against its
+    relative position in the CoT, one line per reader in its model colour. Positions are binned
+    into fifths of [0, 1] (x = bin centre), or kept as they are when they take at most 5 values.
+    A star per reader marks the mean importance of the sentences that state the source's answer,
+    at their mean position. Bottom (when `correlation` has rows): per panel, the reader × reader
+    Spearman correlation of the sentences' importance (`probe_metrics.importance_correlation`; diagonal
+    1, grey: no value), so one can see whether what carries A's CoT for B also carries it for C.
+    Reads `probe_metrics.sentence_importance`; panels wrap after `PROBE_WRAP` per row."""
+    from matplotlib.lines import Line2D
+
+    df = _frame(importance).filter(pl.col("importance").is_not_null(), pl.col("position").is_not_null())
+    corr = _frame(correlation) if correlation is not None else None
+    corr = corr if corr is not None and corr.height else None
+    colors = colors or model_colors([*df["evaluator"], *df["cot_source"]])
+    panels, datasets, sources = _probe_panels(df)
+    readers = sorted(df["evaluator"].unique().drop_nulls())
+    several = len(datasets) > 1
+    ncols = min(len(panels), PROBE_WRAP)
+    blocks = math.ceil(len(panels) / ncols)
+    per_block = 2 if corr is not None else 1
+    side = 0.8 + 0.42 * len(readers)
+    heights = ([3.0, max(side, 2.2)] if corr is not None else [3.0]) * blocks
+    fig = _figure(1.2 + 3.6 * ncols + 2.4, 0.8 + sum(heights))
+    axes = _panels(fig, blocks * per_block, ncols, height_ratios=heights)
+    used: set[tuple[int, int]] = set()
+    heat_axes, image = [], None
+    for k, (ds, source) in enumerate(panels):
+        block, c = divmod(k, ncols)
+        ax = axes[block * per_block][c]
+        used.add((block * per_block, c))
+        sub = df.filter(pl.col("dataset") == ds, pl.col("cot_source") == source)
+        positions = sorted(sub["position"].drop_nulls().unique())
+        exact = positions if len(positions) <= 5 else None
+        ax.axhline(0, color="0.6", lw=0.6, zorder=0, gid="zero")
+        for reader in [x for x in readers if x in set(sub["evaluator"])]:
+            part = sub.filter(pl.col("evaluator") == reader)
+            style = _reader_style(reader, source, colors)
+            xs, ys = _importance_curve(part, exact)
+            ax.plot(xs, ys, marker="o", ms=3.5, label=reader, **style)
+            stated = part.filter(pl.col("states_answer").fill_null(False))
+            if stated.height:
+                ax.scatter([stated["position"].mean()], [stated["importance"].mean()], marker="*", s=140,
+                           color=style["color"], edgecolors="black", linewidths=0.6, zorder=5,
+                           gid=f"states_answer:{reader}")
+        ax.set_xlim(-0.05, 1.05)
+        ax.grid(alpha=0.3, lw=0.5)
+        ax.set_xlabel("relative position of the sentence in its CoT\n(0 first, 1 last"
+                      + ("" if exact is not None else "; mean per fifth") + ")", fontsize=8)
+        if c == 0:
+            ax.set_ylabel("drop in agreement when\nthe sentence is left out", fontsize=8)
+        n_cots = sub.select("item_id").n_unique()
+        n_sentences = sub.select("item_id", "sentence_idx").unique().height
+        _title(ax, f"{_probe_title(ds, source, several)}\n{n_cots} CoTs, {n_sentences} sentences", fontsize=9)
+        if corr is None:
+            continue
+        hax = axes[block * per_block + 1][c]
+        used.add((block * per_block + 1, c))
+        part = corr.filter(pl.col("dataset") == ds, pl.col("cot_source") == source)
+        if not part.height:
+            hax.set_axis_off()
+            hax.text(0.5, 0.5, "no reader pairs", ha="center", va="center", transform=hax.transAxes, fontsize=8)
+            continue
+        names, matrix = _correlation_matrix(part)
+        labels = [f"{n} (source)" if n == source else n for n in names]
+        image = _heatmap(hax, matrix, labels, labels, aspect="equal", cmap="RdBu_r", vmin=-1.0, vmax=1.0)
+        heat_axes.append(hax)
+        _title(hax, f"rank correlation of importance\n({_n_text(part['n'], 'sentences')})", fontsize=8)
+    for r, row in enumerate(axes):
+        for c, ax in enumerate(row):
+            if (r, c) not in used:
+                ax.set_visible(False)
+    handles = _reader_handles(readers, sources, colors)
+    handles.append(Line2D([], [], ls="none", marker="*", ms=11, mfc="0.6", mec="black",
+                          label="mean of the sentences that\nstate the source's answer"))
+    axes[0][ncols - 1].legend(handles=handles, title="reader", fontsize=7, title_fontsize=8, loc="upper left",
+                              bbox_to_anchor=(1.02, 1.0))
+    if image is not None:
+        fig.colorbar(image, ax=heat_axes, shrink=0.8, label="Spearman ρ over sentences")
+    _suptitle(fig, "F14 · sentence importance: how much agreement with the source's answer drops "
+                   "when one sentence of its CoT is left out", fontsize=10)
+    return fig
+
+
+# --------------------------------------------------------------------------------------------
 # render_all
 
 Plan = dict[str, "list[tuple[str, Callable[[], Figure]]] | str"]
@@ -973,9 +1206,11 @@ def plan_figures(tables: Mapping[str, pl.DataFrame | pl.LazyFrame | None], *,
 
     Table keys (the spec's table names): consistency, consistency_summary, accuracy, breakdown,
     self_consistency, involvement, post_training, transitions, preference_means, preference_tests,
-    preference_correlation, preference_points (alias `points`), ensemble_diagnostics, and for F11
-    ii_task_consistency and ii_task_accuracy (optional). `ii_datasets` names the Instruction
-    Induction datasets (adapter instruction_induction). Datasets in the ii_task_* tables count too.
+    preference_correlation, preference_points (alias `points`), ensemble_diagnostics, for F11
+    ii_task_consistency and ii_task_accuracy (optional), for F13 prefix_transfer and for F14
+    sentence_importance and importance_correlation (optional; `cotransfer.probe_metrics`).
+    `ii_datasets` names the Instruction Induction datasets (adapter instruction_induction).
+    Datasets in the ii_task_* tables count too.
     `consistency_summary` is derived from `consistency` (mean/std over pairs) when it is not
     given."""
     colors = dict(colors) if colors is not None else model_colors(study_models(tables))
@@ -1068,6 +1303,19 @@ def plan_figures(tables: Mapping[str, pl.DataFrame | pl.LazyFrame | None], *,
 
     diag = t.get("ensemble_diagnostics")
     plan["F12"] = [("ensemble", lambda: ensemble_figure(diag))] if diag is not None else "no ensembles"
+
+    prefix = t.get("prefix_transfer")
+    if prefix is not None:
+        prefix = prefix.filter(pl.col("source_agreement").is_not_null())
+    plan["F13"] = [("prefix_transfer", lambda: prefix_transfer_figure(prefix, colors=colors))] \
+        if prefix is not None and prefix.height else absent("prefix_transfer", "no prefix-transfer answers")
+
+    imp = t.get("sentence_importance")
+    if imp is not None:
+        imp = imp.filter(pl.col("importance").is_not_null(), pl.col("position").is_not_null())
+    corr = t.get("importance_correlation")
+    plan["F14"] = [("sentence_importance", lambda: importance_figure(imp, corr, colors=colors))] \
+        if imp is not None and imp.height else absent("sentence_importance", "no sentence-importance answers")
     return plan
 
 
@@ -1092,7 +1340,7 @@ def save_figure(fig: Figure, out_dir: str | os.PathLike, stem: str) -> list[Path
 def render_all(tables: Mapping[str, pl.DataFrame | pl.LazyFrame | None], out_dir: str | os.PathLike, *,
                ii_datasets: Iterable[str] | None = None, pool_variants: bool = False,
                paper_grouping: bool = False) -> dict[str, list[Path] | str]:
-    """Draw every figure F1-F12 the tables support into `out_dir` as PNG and PDF.
+    """Draw every figure F1-F14 the tables support into `out_dir` as PNG and PDF.
 
     Returns, for each figure id, the files written (a consistency figure's strict twin included)
     or the reason it was not drawn, and writes the same mapping (paths as strings) to

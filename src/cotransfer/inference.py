@@ -32,9 +32,11 @@ from dataclasses import dataclass
 
 import polars as pl
 
+from cotransfer import faults
 from cotransfer.config import GREEDY, Sampling, Study
 from cotransfer.engine import Completion, Engine, Request, derive_seed
 from cotransfer.formats import Format, Split, get_format
+from cotransfer.probe import DROP_COLUMNS, PREFIX_COLUMNS, PROBE_KEY_SCHEMA
 
 log = logging.getLogger(__name__)
 
@@ -114,8 +116,14 @@ class Job:
         }
 
 
-def frame(rows: list[dict]) -> pl.DataFrame:
-    return pl.DataFrame(rows, schema=GEN_SCHEMA)
+#: the extra columns of probe rows (`cotransfer.probe`: prefix and drop-one), after GEN_SCHEMA's
+EXTRA_SCHEMA = {**PREFIX_COLUMNS, **DROP_COLUMNS}
+EXTRA_KEYS = tuple(PROBE_KEY_SCHEMA)  # a probe row's key within its output, beside (item, sample)
+
+
+def frame(rows: list[dict], extra: tuple[str, ...] = ()) -> pl.DataFrame:
+    """A generation table of `rows`; `extra` names the EXTRA_SCHEMA columns its rows carry."""
+    return pl.DataFrame(rows, schema={**GEN_SCHEMA, **{c: EXTRA_SCHEMA[c] for c in extra}})
 
 
 @dataclass(frozen=True)
@@ -123,7 +131,9 @@ class Unit:
     """One row of work: an (item, sample) of one output, with its (first) request.
 
     `free` units are free runs (thinking phase, then the answer phase where needed); the others
-    are prefilled: their request already is the answer phase on a given CoT."""
+    are prefilled: their request already is the answer phase on a given CoT. `extra` holds a
+    probe row's EXTRA_SCHEMA columns (its fraction, or the sentence it leaves out): part of the
+    row's key within its output."""
 
     item_id: str
     sample: int
@@ -134,6 +144,7 @@ class Unit:
     cot: str = ""
     free: bool = False
     missing_cot: bool = False
+    extra: tuple[tuple[str, object], ...] = ()
 
     @property
     def output(self) -> tuple[str, str | None, str | None]:
@@ -172,6 +183,7 @@ def run(job: Job, units: list[Unit], *, shard_size: int | None = None, what: str
         before = {o: dict(c) for o, c in counts.items()}
         for u, row in zip(chunk, _process(job, chunk, counts, what)):
             rows[u.output].append(row)
+        faults.point("shard")  # the fault suite kills a job here: the shard's requests are cached
         done = time.perf_counter() - t0
         cached = sum(counts[o]["cached"] - before[o]["cached"] for o in counts)
         computed = sum(counts[o]["computed"] - before[o]["computed"] for o in counts)
@@ -179,9 +191,10 @@ def run(job: Job, units: list[Unit], *, shard_size: int | None = None, what: str
         log.info("%s: shard %d/%d done (%d rows; requests %d cached, %d computed); %.1f s elapsed, ETA %.0f s",
                  what, k + 1, n_shards, len(chunk), cached, computed, done, eta)
     frames = {}
+    extra = {u.output: tuple(c for c, _ in u.extra) for u in units}
     for out, rs in rows.items():
-        df = frame(rs)
-        if df.select("item_id", "sample").is_duplicated().any():
+        df = frame(rs, extra[out])
+        if df.select("item_id", "sample", *(c for c in extra[out] if c in EXTRA_KEYS)).is_duplicated().any():
             raise RuntimeError(f"{what}: duplicate (item, sample) rows in output {out}")
         frames[out] = df
     total = {k: sum(c[k] for c in counts.values()) for k in ("requests", "cached", "computed")}
@@ -227,6 +240,7 @@ def _process(job: Job, chunk: list[Unit], counts: dict, what: str) -> list[dict]
                           budget_exhausted=False, seed=u.request.seed)
             if u.missing_cot:
                 row["flag"] = "no_source_cot"
+            row.update(u.extra)
             rows.append(row)
             continue
         sp = splits[i]
@@ -313,28 +327,35 @@ def answer_phase_request(job: Job, first: Request, c: Completion, sp: Split) -> 
 
 
 def prefill_units(job: Job, items: list[dict], cots: pl.DataFrame | None, *, condition: str,
-                  variant: str | None, cot_source: str | None, sampling: Sampling = GREEDY) -> list[Unit]:
+                  variant: str | None, cot_source: str | None, sampling: Sampling = GREEDY,
+                  prompt_condition: str | None = None) -> list[Unit]:
     """One answer-phase request per (item, sample) on the prompt with a given CoT, closed.
 
-    `cots` has columns item_id, sample, cot (COT_SCHEMA); None means the empty condition. Items
-    with no CoT in `cots` (the source failed on them) get an empty CoT and the flag `no_source_cot`.
+    `cots` has columns item_id, sample, cot (COT_SCHEMA), and may carry EXTRA_SCHEMA columns (a
+    probe's: several CoTs per (item, sample), kept on the rows); None means the empty condition.
+    Items with no CoT in `cots` (the source failed on them) get an empty CoT and the flag
+    `no_source_cot`. The prompt is rendered as for `prompt_condition` (default: `condition`): the
+    probes prompt as the transfer condition does, so their whole-CoT requests are its requests.
     """
     dec = job.decoding
-    by_item: dict[str, list[tuple[int, str]]] = {}
+    extra = [c for c in EXTRA_SCHEMA if cots is not None and c in cots.columns]
+    by_item: dict[str, list[tuple[int, str, tuple]]] = {}
     if cots is not None:
-        for r in cots.select("item_id", "sample", "cot").iter_rows(named=True):
-            by_item.setdefault(r["item_id"], []).append((r["sample"], r["cot"] or ""))
+        for r in cots.select("item_id", "sample", "cot", *extra).iter_rows(named=True):
+            by_item.setdefault(r["item_id"], []).append(
+                (r["sample"], r["cot"] or "", tuple((c, r[c]) for c in extra)))
     units = []
     prefill = (job.fmt.literal_prefill if job.study.literal_oss_prefill(job.evaluator, job.dataset)
                else job.fmt.prefill)
-    for item, base in zip(items, job.prompts(items, condition)):
-        entries = [(0, "")] if cots is None else by_item.get(item["item_id"])
+    for item, base in zip(items, job.prompts(items, prompt_condition or condition)):
+        entries = [(0, "", ())] if cots is None else by_item.get(item["item_id"])
         missing = not entries
-        for s, cot in sorted(entries or [(0, "")]):
+        for s, cot, ext in sorted(entries or [(0, "", ())], key=lambda e: e[0]):
             seed = None if sampling.greedy else job.seed(condition, item["item_id"], s)
             req = Request(prefill(base, cot) + dec.answer_lead_in, dec.answer_max_tokens, sampling,
                           seed, job.fmt.stops)
-            units.append(Unit(item["item_id"], s, req, condition, variant, cot_source, cot, missing_cot=missing))
+            units.append(Unit(item["item_id"], s, req, condition, variant, cot_source, cot, missing_cot=missing,
+                              extra=ext))
     return units
 
 

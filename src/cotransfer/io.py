@@ -26,6 +26,7 @@ import socket
 import subprocess
 import tempfile
 from datetime import datetime, timezone
+from glob import escape as glob_escape
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any, Iterator
@@ -48,18 +49,30 @@ _URL_CREDS = re.compile(r"(\w+://)[^/@\s]+@")
 
 @contextlib.contextmanager
 def atomic_path(dest: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path next to `dest`; on success fsync it and rename it onto `dest`."""
+    """Yield a temporary path next to `dest`; on success fsync it and rename it onto `dest`.
+
+    `dest` is either its old self or the whole new file, never part of one. A temporary file
+    that a killed writer of `dest` left behind is removed first (one writer per output: the
+    workflow never runs two jobs writing the same file)."""
+    from cotransfer import faults
+
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
+    for stale in dest.parent.glob(f".tmp-{glob_escape(dest.name)}.*"):
+        stale.unlink(missing_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".tmp-{dest.name}.", dir=dest.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
-        yield tmp_path
-        with open(tmp_path, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp creates 0600; results are shared
-        os.replace(tmp_path, dest)
+        try:
+            yield tmp_path
+            faults.point("write")  # the fault suite kills a job here: inside the atomic write
+            with open(tmp_path, "rb+") as fh:
+                os.fsync(fh.fileno())
+            os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp creates 0600; results are shared
+            os.replace(tmp_path, dest)
+        except OSError as e:  # a full disk, say: name the output, not its temporary file
+            raise OSError(e.errno, f"writing {dest} failed ({e.strerror or e}); it was left as it was") from e
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
@@ -79,6 +92,18 @@ def write_text(dest: str | os.PathLike, text: str) -> Path:
 
 def write_json(dest: str | os.PathLike, obj: Any) -> Path:
     return write_text(dest, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def read_json(path: str | os.PathLike, *, what: str | None = None) -> Any:
+    """A JSON file the pipeline wrote (a model manifest, a fetch record); a missing, unreadable
+    or truncated one is a `TableError` naming it and how to make it again."""
+    p = Path(path)
+    if not p.is_file():
+        raise TableError(p, "is a directory, not a file" if p.is_dir() else "no such file", what=what)
+    try:
+        return json.loads(p.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise TableError(p, f"not valid JSON, or truncated ({_first_line(e)})", what=what) from e
 
 
 # --------------------------------------------------------------------------------------------
@@ -265,6 +290,155 @@ def read_provenance(path: str | os.PathLike) -> dict | None:
 
 
 def read_parquet(path: str | os.PathLike) -> tuple[pl.DataFrame, dict | None]:
-    """The frame and its provenance document."""
-    return pl.read_parquet(path), read_provenance(path)
+    """The frame and its provenance document (a bad file is a `TableError` naming it)."""
+    return read_table(path), read_provenance(path)
 
+
+
+# --------------------------------------------------------------------------------------------
+# reading: every failure names its file, and how to make it again
+
+
+class TableError(ValueError):
+    """An input file that cannot be used: missing, not Parquet (or JSON), truncated or corrupt,
+    or lacking columns. The message is one line: the path, what is wrong and, for a file the pipeline
+    writes, the rule that writes it and how to make it again (`regenerate_hint`)."""
+
+    def __init__(self, path: str | os.PathLike, problem: str, *, what: str | None = None, hint: bool = True):
+        self.path = str(path)
+        self.problem = problem
+        self.what = what
+        self.rule = rule_for_path(path)
+        self.hint = regenerate_hint(path) if hint else None
+        where = f"{self.path} ({what})" if what else self.path
+        super().__init__(f"{where}: {problem}" + (f"; {self.hint}" if self.hint else ""))
+
+
+#: (pattern on the path's tail, rule): where each rule writes (workflow/rules/*.smk, cotransfer.plan)
+_SEG = r"[^/]+"
+_RULE_LAYOUTS: tuple[tuple[re.Pattern, str], ...] = tuple((re.compile(rf"(?:^|/){p}$"), rule) for p, rule in (
+    (rf"generations/{_SEG}/{_SEG}/empty\.parquet", "generate"),
+    (rf"generations/{_SEG}/{_SEG}/(?:default|sampled)/full\.parquet", "generate"),
+    (rf"generations/{_SEG}/{_SEG}/(?:default|sampled)/stripped\.parquet", "transfer"),
+    (rf"generations/{_SEG}/{_SEG}/transfer/(?:full|stripped)/{_SEG}\.parquet", "transfer"),
+    (rf"generations/{_SEG}/{_SEG}/ensemble/(?:full|stripped)/{_SEG}\.parquet", "transfer_ensemble"),
+    (rf"generations/{_SEG}/{_SEG}/(?:prefix|drop_one)/full/{_SEG}\.parquet", "probe"),
+    (rf"cots/{_SEG}/full/{_SEG}/(?:default|sampled)\.parquet", "generate"),
+    (rf"cots/{_SEG}/full/{_SEG}/ensemble\.parquet", "ensemble"),
+    (rf"cots/{_SEG}/stripped/{_SEG}/(?:default|sampled)\.parquet", "strip"),
+    (rf"cots/{_SEG}/stripped/{_SEG}/ensemble\.parquet", "strip_ensembles"),
+    (rf"ensembles/{_SEG}/{_SEG}\.steps\.parquet", "ensemble"),
+    (rf"sentences/{_SEG}/{_SEG}/(?:default|sampled)\.parquet", "split"),
+    (rf"sentences/{_SEG}/{_SEG}/ensemble\.parquet", "split_ensembles"),
+    (rf"items/{_SEG}\.parquet", "items"),
+    (rf"models/{_SEG}\.json", "prepare_model"),
+    (rf"scored/{_SEG}\.parquet", "score"),
+    (r"tables/strip_qc\.(?:parquet|csv)", "strip_report"),
+    (r"tables/ensemble_diagnostics\.parquet", "ensemble_report"),
+    (rf"tables/preference_{_SEG}\.parquet", "preference"),
+    (rf"tables/{_SEG}\.parquet", "aggregate"),
+    (r"tables/(?:consistency_summary|accuracy)\.csv", "aggregate"),
+))
+
+
+def rule_for_path(path: str | os.PathLike) -> str | None:
+    """The Snakemake rule that writes `path`, by the pipeline's layout under any results root
+    (`{results}/scored/{dataset}.parquet` -> ``score``, ...); None for a path outside it."""
+    tail = Path(path).as_posix()
+    return next((rule for pattern, rule in _RULE_LAYOUTS if pattern.search(tail)), None)
+
+
+def regenerate_hint(path: str | os.PathLike) -> str | None:
+    """How to make `path` again, for a file the pipeline writes; None for any other file."""
+    rule = rule_for_path(path)
+    if rule is None:
+        return None
+    return (f"it is written by rule {rule}: delete it and re-run: `snakemake --cores all --forcerun {rule}` "
+            f"(or `rm {path}` and re-run snakemake)")
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0].strip() if text else type(e).__name__
+
+
+def _read_problem(e: BaseException) -> str:
+    """What is wrong with a file, from the exception reading it raised."""
+    if isinstance(e, FileNotFoundError):
+        return "no such file"
+    if isinstance(e, IsADirectoryError):
+        return "is a directory, not a file"
+    if isinstance(e, NotADirectoryError):
+        return "a directory on its path is a file"
+    if isinstance(e, PermissionError):
+        return "permission denied"
+    E = pl.exceptions
+    if isinstance(e, (E.ColumnNotFoundError, E.SchemaError, E.SchemaFieldNotFoundError)):
+        return f"has an unexpected schema ({_first_line(e)})"
+    corrupt = re.search(r"parquet|PAR1|magic|specification", str(e), re.I)
+    if isinstance(e, (E.ComputeError, pa.ArrowException)) and corrupt:
+        return f"not a Parquet file, or truncated or corrupt ({_first_line(e)})"
+    return f"cannot be read ({_first_line(e)})"
+
+
+#: what reading a table raises when the file, not the code, is bad
+def _read_errors() -> tuple[type[BaseException], ...]:
+    E = pl.exceptions
+    return (OSError, pa.ArrowException, E.ComputeError, E.SchemaError, E.ColumnNotFoundError,
+            E.SchemaFieldNotFoundError, E.NoDataError, E.ShapeError)
+
+
+@contextlib.contextmanager
+def reading(path: str | os.PathLike, *, what: str | None = None,
+            errors: tuple[type[BaseException], ...] = ()) -> Iterator[None]:
+    """Turn a read of `path` failing in the block into a `TableError` naming it: for a lazy
+    frame from `scan_table`, wrap the `collect`. `errors` adds exception types whose message
+    is itself the problem (e.g. ValueError from `cotransfer.metrics` on a bad answers table);
+    those get no regeneration hint (the same file would come out again)."""
+    try:
+        yield
+    except TableError:
+        raise
+    except _read_errors() as e:
+        other = getattr(e, "filename", None)
+        if isinstance(e, OSError) and other is not None and Path(other) != Path(path):
+            raise  # another file's error (a model's weights, say): it names its own file
+        raise TableError(path, _read_problem(e), what=what) from e
+    except errors as e:
+        raise TableError(path, _first_line(e), what=what, hint=False) from e
+
+
+def _table_schema(p: Path, columns, required, what: str | None) -> pl.Schema:
+    if not p.exists():
+        raise TableError(p, "no such file", what=what)
+    if p.is_dir():
+        raise TableError(p, "is a directory, not a file", what=what)
+    with reading(p, what=what):
+        schema = pl.scan_parquet(p, glob=False).collect_schema()
+    want = list(dict.fromkeys([*(required or ()), *(columns or ())]))
+    missing = [c for c in want if c not in schema]
+    if missing:
+        raise TableError(p, f"lacks columns {missing} (has: {list(schema)})", what=what)
+    return schema
+
+
+def read_table(path: str | os.PathLike, columns: list[str] | None = None, *,
+               required: list[str] | None = None, what: str | None = None) -> pl.DataFrame:
+    """Read a Parquet table (only `columns`, if given), checking that it has `required` and
+    `columns`. Every failure is a `TableError` naming the path, what is wrong and, for a
+    pipeline file, how to make it again; `what` (e.g. "answers table") is named with the path."""
+    p = Path(path)
+    _table_schema(p, columns, required, what)
+    with reading(p, what=what):
+        return pl.read_parquet(p, columns=list(columns) if columns else None, glob=False)
+
+
+def scan_table(path: str | os.PathLike, columns: list[str] | None = None, *,
+               required: list[str] | None = None, what: str | None = None) -> pl.LazyFrame:
+    """`read_table`, lazily. The file's footer and columns are checked now (a missing, foreign
+    or truncated file fails here); damaged data pages show only on `collect`, so collect inside
+    ``with reading(path):`` to have that error name the file too."""
+    p = Path(path)
+    _table_schema(p, columns, required, what)
+    lf = pl.scan_parquet(p, glob=False)
+    return lf.select(columns) if columns else lf

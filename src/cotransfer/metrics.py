@@ -44,6 +44,8 @@ from typing import Any, Literal
 import numpy as np
 import polars as pl
 
+from cotransfer.probe import PROBE_KEY_SCHEMA
+
 log = logging.getLogger(__name__)
 
 GROUP_KEYS = ["dataset", "condition", "variant", "cot_source"]
@@ -63,6 +65,10 @@ ANSWER_SCHEMA = {
 # Optional columns, kept when present: the per-answer score in [0, 1] (Instruction Induction: the
 # similarity; elsewhere 1.0/0.0; null when it cannot be judged) and the item's category.
 OPTIONAL_SCHEMA = {"score": pl.Float64, "category": pl.String}
+# The probe conditions' key columns (docs/probe.md): prefix rows carry `fraction`, drop-one rows
+# `dropped`; a non-null value is folded into the row's condition label ("prefix@0.4",
+# "drop_one@2"), so each fraction or dropped sentence is a condition group of its own and the
+# answer key stays unique: `cotransfer.probe.PROBE_KEY_SCHEMA`.
 # Columns that may be entirely null in a small table, where polars infers the Null dtype.
 NULLABLE = frozenset({"variant", "cot_source", "answer", "correct", "score", "category"})
 NOT_NULL = ("dataset", "item_id", "condition", "evaluator", "sample", "valid")
@@ -132,10 +138,17 @@ def _checked(answers: Frame) -> pl.LazyFrame:
     if missing:
         raise ValueError(f"answers table lacks columns {missing} (has: {list(schema)})")
     want = {**ANSWER_SCHEMA, **{c: t for c, t in OPTIONAL_SCHEMA.items() if c in schema}}
-    wrong = [f"{c}: {schema[c]} (expected {t})" for c, t in want.items() if not _dtype_ok(schema[c], t, c in NULLABLE)]
+    probe = {c: t for c, t in PROBE_KEY_SCHEMA.items() if c in schema}
+    wrong = [f"{c}: {schema[c]} (expected {t})" for c, t in {**want, **probe}.items()
+             if not _dtype_ok(schema[c], t, c in NULLABLE or c in probe)]
     if wrong:
         raise ValueError(f"answers table has columns of the wrong dtype: {'; '.join(wrong)}")
-    return lf.select(pl.col(c).cast(t) for c, t in want.items())
+    condition = pl.col("condition")
+    for c, t in probe.items():  # a probe row's key column folded into its condition label
+        condition = (pl.when(pl.col(c).is_not_null())
+                     .then(pl.concat_str(condition, pl.lit("@"), pl.col(c).cast(t).cast(pl.String)))
+                     .otherwise(condition))
+    return lf.select(condition.alias(c) if c == "condition" else pl.col(c).cast(t) for c, t in want.items())
 
 
 def validate_answers(answers: Frame) -> pl.LazyFrame:

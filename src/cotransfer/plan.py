@@ -15,7 +15,9 @@ from dataclasses import dataclass
 
 from cotransfer.config import VARIANTS, Study
 
-PREFILL_STAGES = ("transfer", "ensemble")
+PREFILL_STAGES = ("transfer", "ensemble", "probe")
+#: conditions whose CoT comes from another source (recorded as `cot_source`)
+SOURCED = ("transfer", "ensemble", "prefix", "drop_one")
 
 
 def items_path(results: str, dataset: str) -> str:
@@ -52,13 +54,13 @@ class Cell:
     The stripped self-prefill of the default and sampled conditions has the evaluator itself as
     its source and records no `cot_source` (answers-table contract)."""
 
-    condition: str  # default | sampled (self-prefill), transfer, ensemble
+    condition: str  # default | sampled (self-prefill), transfer, ensemble, prefix, drop_one (probe)
     variant: str
     source: str | None  # None: the evaluator's own CoT
 
     @property
     def cot_source(self) -> str | None:
-        return self.source if self.condition in ("transfer", "ensemble") else None
+        return self.source if self.condition in SOURCED else None
 
     @property
     def output_key(self) -> tuple[str, str, str | None]:
@@ -70,7 +72,7 @@ class Cell:
     def cots(self, results: str, dataset: str, evaluator: str) -> str:
         if self.condition in ("default", "sampled"):
             return cot_path(results, dataset, "stripped", evaluator, self.condition)
-        kind = "ensemble" if self.condition == "ensemble" else "default"
+        kind = "ensemble" if self.condition == "ensemble" else "default"  # probes read the greedy CoTs
         return cot_path(results, dataset, self.variant, self.source, kind)
 
 
@@ -82,7 +84,19 @@ def prefill_cells(study: Study, stage: str) -> list[Cell]:
         return cells + [Cell("transfer", v, m) for v in VARIANTS for m in study.models]
     if stage == "ensemble":
         return [Cell("ensemble", v, e) for v in VARIANTS for e in study.ensembles]
+    if stage == "probe":  # every model's greedy CoT, cut (prefix) and one sentence left out (drop_one)
+        return [Cell(cond, "full", m) for cond in probe_conditions(study) for m in study.models]
     raise ValueError(f"unknown prefill stage {stage!r}; known: {PREFILL_STAGES}")
+
+
+def probe_conditions(study: Study) -> list[str]:
+    """The probes the config switches on (docs/probe.md): `prefix` and `drop_one`."""
+    return [c for c, on in (("prefix", study.probe.prefix), ("drop_one", study.probe.importance)) if on]
+
+
+def probe_sentences(study: Study, results: str, dataset: str) -> list[str]:
+    """The sentence tables the probe job cuts the CoTs by: every model's greedy CoTs'."""
+    return [sentences_path(results, dataset, m, "default") for m in study.models] if probe_conditions(study) else []
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,12 +143,16 @@ METRIC_TABLES = ("consistency", "consistency_summary", "accuracy", "accuracy_cat
                  "self_consistency", "transitions", "involvement", "post_training", "paired_tests")
 #: the human-preference tables (`preference.analyze`), only with `preference:` in the config
 PREFERENCE_TABLES = ("preference_means", "preference_tests", "preference_correlation", "preference_points")
+#: the probes' tables (`probe.probe_tables`), each with its probe switched on
+PROBE_TABLES = {"prefix": ("prefix_transfer", "prefix_summary"),
+                "drop_one": ("sentence_importance", "importance_correlation")}
 
 
 def metric_tables(study: Study) -> tuple[str, ...]:
-    """The metric tables of this study: METRIC_TABLES, and per-task Instruction Induction
-    consistency and accuracy where it has such a dataset."""
-    return METRIC_TABLES + (("ii_task_consistency", "ii_task_accuracy") if ii_datasets(study) else ())
+    """The metric tables of this study: METRIC_TABLES, per-task Instruction Induction
+    consistency and accuracy where it has such a dataset, and the tables of the probes it runs."""
+    probes = tuple(t for c in probe_conditions(study) for t in PROBE_TABLES[c])
+    return METRIC_TABLES + (("ii_task_consistency", "ii_task_accuracy") if ii_datasets(study) else ()) + probes
 
 
 def ii_datasets(study: Study) -> list[str]:
@@ -162,6 +180,9 @@ def figures_planned(study: Study) -> dict[str, str | None]:
     plan["ii_accuracy"] = ii
     plan.update(dict.fromkeys(twins("ii_tasks"), ii))
     plan["ensemble"] = None if study.ensembles else "no ensembles"
+    plan["prefix_transfer"] = None if study.probe.prefix else "prefix transfer is off (config key prefix.enabled)"
+    plan["sentence_importance"] = (None if study.probe.importance
+                                   else "sentence importance is off (config key importance.enabled)")
     return plan
 
 

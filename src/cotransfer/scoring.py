@@ -13,7 +13,7 @@ from cotransfer.config import DatasetSpec
 from cotransfer.datasets import get_adapter
 
 ANSWER_COLUMNS = ["dataset", "item_id", "condition", "variant", "cot_source", "evaluator", "sample",
-                  "answer", "valid", "correct", "score", "category"]
+                  "fraction", "dropped", "answer", "valid", "correct", "score", "category"]
 SCORE_SCHEMA = {"answer": pl.String, "valid": pl.Boolean, "correct": pl.Boolean, "score": pl.Float64,
                 "parse_status": pl.String, "category": pl.String}
 

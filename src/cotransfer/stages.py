@@ -17,7 +17,7 @@ from pathlib import Path
 
 import polars as pl
 
-from cotransfer import io
+from cotransfer import faults, io
 from cotransfer.config import Study
 
 log = logging.getLogger("cotransfer")
@@ -36,20 +36,25 @@ def setup_logging(logfile: str | None = None) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-FAULT_ENV = "COTRANSFER_FAULT"
-
-
 def start_job(smk) -> None:
     """Set up a Snakemake job's logging and log what it runs with: the rule, its wildcards, the
     resources it was given (they grow with each attempt) and, on SLURM, the job id and the
-    allocation's memory. Then apply a simulated fault, if one is asked for (`COTRANSFER_FAULT`)."""
+    allocation's memory. Then arm the fault injection of the tests (`cotransfer.faults`)."""
     setup_logging(smk.log[0] if smk.log else None)
     wildcards = dict(smk.wildcards.items())
     wc = ", ".join(f"{k}={v}" for k, v in wildcards.items())
     res = {k: smk.resources.get(k) for k in ("mem_mb", "cpus_per_task", "gpu", "runtime")}
     given = " ".join(f"{k}={v}" for k, v in res.items() if v is not None)
     log.info("job %s (%s): resources %s%s", smk.rule, wc, given, _slurm_allocation())
-    _simulated_fault(smk.rule, list(wildcards.values()), res["mem_mb"])
+    sys.excepthook = _log_failure
+    faults.start(smk.rule, list(wildcards.values()), res["mem_mb"])
+
+
+def _log_failure(kind, error, tb) -> None:
+    """A job's uncaught error goes to its log too (one line first: it names the bad file or key),
+    not only to Snakemake's stderr."""
+    log.error("job failed: %s", error, exc_info=(kind, error, tb))
+    logging.shutdown()
 
 
 def _slurm_allocation() -> str:
@@ -65,23 +70,6 @@ def _slurm_allocation() -> str:
     fields = dict(f.split("=", 1) for f in out.split() if "=" in f)
     return (f"; SLURM job {job} on {fields.get('NodeList') or socket.gethostname()}"
             f" (partition {fields.get('Partition', '?')}, TRES {fields.get('TRES', '?')})")
-
-
-def _simulated_fault(rule: str, wildcards: list[str], mem_mb: int | None) -> None:
-    """Fault injection for the tests (issue 12): COTRANSFER_FAULT="oom:RULE:VALUE:MB" makes the
-    job of RULE whose wildcards include VALUE die like a process the kernel's out-of-memory
-    killer ended (SIGKILL) whenever it was given less than MB of memory."""
-    spec = os.environ.get(FAULT_ENV)
-    if not spec:
-        return
-    kind, rule_, value, need = (spec.split(":") + ["", "", "", ""])[:4]
-    if kind != "oom" or rule_ != rule or value not in wildcards:
-        return
-    if mem_mb is None or mem_mb < int(need):
-        log.error("simulated out-of-memory (%s): this job needs %s MB, it was given %s MB", FAULT_ENV, need, mem_mb)
-        logging.shutdown()
-        sys.stderr.flush()
-        os.kill(os.getpid(), 9)
 
 
 def end_job() -> None:
@@ -169,7 +157,7 @@ def load_engine(study: Study, model: str, manifest: str, prov: dict | None = Non
     """The engine of one model: its tokenizer now, its weights on the first cache miss."""
     from cotransfer.engine import Engine
 
-    info = json.loads(Path(manifest).read_text())
+    info = io.read_json(manifest, what=f"manifest of {model}")
     spec = study.model(model)
     e = study.engine
     weights = ({"repo_id": info.get("repo_id"), "resolved_revision": info.get("resolved_revision")}
@@ -238,7 +226,7 @@ def generate(study: Study, dataset: str, model: str, items_path: str, manifest: 
     from cotransfer.config import GREEDY
     from cotransfer.inference import Job, cots_from_generations, free_units, items_list, prefill_units, run
 
-    items = items_list(pl.read_parquet(items_path))
+    items = items_list(io.read_table(items_path))
     engine, info = load_engine(study, model, manifest, prov)
     job = Job(study, dataset, model, engine)
     sampled = study.sampling_for(model, "sampled")
@@ -270,7 +258,7 @@ def prefill(study: Study, dataset: str, evaluator: str, stage: str, items_path: 
     cells = plan.prefill_cells(study, stage)
     paths = {c.output_key: c.output(R, dataset, evaluator) for c in cells}
     _check_declared(f"prefill {stage}", list(paths.values()), declared)
-    items = items_list(pl.read_parquet(items_path))
+    items = items_list(io.read_table(items_path))
     engine, info = load_engine(study, evaluator, manifest, prov)
     job = Job(study, dataset, evaluator, engine)
     prov["decoding"] = {"decoding": asdict(study.decoding_for(dataset)),
@@ -279,7 +267,7 @@ def prefill(study: Study, dataset: str, evaluator: str, stage: str, items_path: 
     units = []
     paper_ii = study.compat.ii_source_cot_parse and study.datasets[dataset].adapter == "instruction_induction"
     for c in cells:
-        cots = pl.read_parquet(c.cots(R, dataset, evaluator))
+        cots = io.read_table(c.cots(R, dataset, evaluator))
         if paper_ii and c.condition == "transfer" and c.variant == "full":
             cots = paper_source_cots(cots, job.fmt)
         units += prefill_units(job, items, cots, condition=c.condition, variant=c.variant,
@@ -290,13 +278,93 @@ def prefill(study: Study, dataset: str, evaluator: str, stage: str, items_path: 
     _write_outputs(result, paths, prov, engine, inputs)
 
 
+def probe(study: Study, dataset: str, evaluator: str, items_path: str, manifest: str, declared: list[str],
+          prov: dict, transfer: list[str] | None = None) -> None:
+    """Which part of every model's greedy CoT carries it to the evaluator (docs/probe.md), in one
+    run: each CoT cut at sentence ends to `prefix.fractions` of its length (condition `prefix`),
+    and, on `importance.n_items` items, the whole CoT and the CoT without each sentence in turn
+    (condition `drop_one`). Prompts and prefill are the transfer condition's, so its whole-CoT
+    requests (fraction 1.0, `dropped` -1 when greedy) and the empty condition's (fraction 0) come
+    from the request cache. One table per (condition, source) (`plan.prefill_cells`)."""
+    from cotransfer import plan
+    from cotransfer import probe as P
+    from cotransfer.inference import Job, items_list, prefill_units, run
+
+    R = study.results
+    spec = study.probe
+    cells = plan.prefill_cells(study, "probe")
+    paths = {c.output_key: c.output(R, dataset, evaluator) for c in cells}
+    _check_declared("probe", list(paths.values()), declared)
+    items = items_list(io.read_table(items_path))
+    subset = set(P.importance_items([it["item_id"] for it in items], spec.importance_items, study.decoding.seed))
+    engine, info = load_engine(study, evaluator, manifest, prov)
+    job = Job(study, dataset, evaluator, engine)
+    as_transfer = study.sampling_for(evaluator, "transfer")
+    drop = as_transfer if spec.importance_samples == 1 else study.sampling_for(evaluator, "sampled")
+    prov["decoding"] = {"decoding": asdict(study.decoding_for(dataset)), "answer_phase": {
+        "prefix": asdict(as_transfer), "drop_one": asdict(drop)}}
+    prov.setdefault("extra", {})["probe"] = {**spec.params(), "importance_item_ids": sorted(subset)}
+    units, inputs = [], {}
+    for c in cells:
+        sentences = plan.sentences_path(R, dataset, c.source, "default")
+        cots = io.read_table(c.cots(R, dataset, evaluator))
+        spans = P.spans_by_cot(io.read_table(sentences))
+        inputs[c.output_key] = [items_path, manifest, c.cots(R, dataset, evaluator), sentences]
+        if c.condition == "prefix":
+            units += prefill_units(job, items, P.prefix_cots(cots, spans, spec.fractions), condition="prefix",
+                                   variant=c.variant, cot_source=c.source, sampling=as_transfer,
+                                   prompt_condition="transfer")
+        else:
+            units += prefill_units(job, [it for it in items if it["item_id"] in subset],
+                                   P.drop_one_cots(cots, spans, sorted(subset), spec.importance_samples),
+                                   condition="drop_one", variant=c.variant, cot_source=c.source, sampling=drop,
+                                   prompt_condition="transfer")
+    result = run(job, units, shard_size=study.engine.get("shard_size"), what=f"probe {dataset}/{evaluator}")
+    for c in cells:  # the cost of each probe: requests, prefilled CoT tokens, answer tokens
+        df = result[c.output_key]
+        log.info("probe %s/%s: %s of %s: %d requests (%d cached, %d computed), %d CoT tokens prefilled, "
+                 "%d answer tokens", dataset, evaluator, c.condition, c.source, df.height,
+                 result.counts[c.output_key]["cached"], result.counts[c.output_key]["computed"],
+                 df["thinking_tokens"].sum(), df["answer_tokens"].sum())
+    prov["extra"]["probe"]["whole_cot_check"] = _check_whole_cot(result, cells, transfer or [])
+    _record_models(prov, {evaluator: (info, engine)})
+    _write_outputs(result, paths, prov, engine, inputs)
+
+
+def _check_whole_cot(result, cells, transfer: list[str]) -> dict:
+    """The probes' whole-CoT rows (fraction 1.0; the whole CoT of a greedy drop-one set) are the
+    transfer condition's requests: their answers must be the transfer job's. Counts the rows
+    compared and those that differ (logged: a nondeterministic engine, or a compat switch that
+    changes the transfer condition's CoTs, e.g. ii_source_cot_parse)."""
+    from cotransfer.probe import FULL
+
+    if not transfer:
+        return {"compared": 0, "differ": 0}
+    keys = ["item_id", "sample", "cot_source"]
+    ref = pl.concat([io.read_table(p, columns=[*keys, "thinking", "answer_text"]) for p in transfer])
+    compared = differ = 0
+    for c in cells:
+        df = result[c.output_key]
+        whole = df.filter(pl.col("fraction") == 1.0) if c.condition == "prefix" else df.filter(
+            (pl.col("dropped") == FULL) & (pl.col("seed").is_null()))
+        both = whole.select(*keys, "thinking", "answer_text").join(ref, on=keys, suffix="_transfer")
+        bad = both.filter(pl.col("thinking").ne_missing(pl.col("thinking_transfer"))
+                          | pl.col("answer_text").ne_missing(pl.col("answer_text_transfer")))
+        compared, differ = compared + both.height, differ + bad.height
+        if bad.height:
+            log.warning("probe: %d of %d whole-CoT %s rows of %s differ from the transfer condition's answers "
+                        "(e.g. item %s)", bad.height, both.height, c.condition, c.source, bad["item_id"][0])
+    log.info("probe: %d whole-CoT rows compared with the transfer condition's answers: %d differ", compared, differ)
+    return {"compared": compared, "differ": differ}
+
+
 def ensemble(study: Study, dataset: str, name: str, items_path: str, manifests: dict[str, str],
              out_cots: str, out_steps: str, prov: dict) -> None:
     from cotransfer import ensemble as ens
     from cotransfer.inference import items_list
 
     spec = study.ensembles[name]
-    items = items_list(pl.read_parquet(items_path))
+    items = items_list(io.read_table(items_path))
     engines, infos = {}, {}
     for m in spec.members:  # every member resident at once, each loaded at most once
         engines[m], infos[m] = load_engine(study, m, manifests[m], prov)
@@ -328,7 +396,7 @@ def split(study: Study, dataset: str, group: str, declared: list[str], prov: dic
     prov.setdefault("extra", {})["splitter_version"] = SPLITTER_VERSION
     for t in tables:
         rows = []
-        for r in pl.read_parquet(t.cots(R, dataset)).iter_rows(named=True):
+        for r in io.read_table(t.cots(R, dataset)).iter_rows(named=True):
             for s in split_text(r["cot"] or ""):
                 rows.append({"dataset": r["dataset"], "item_id": r["item_id"], "sample": r["sample"],
                              "cot_source": r["cot_source"], "sentence_idx": s.index,
@@ -364,17 +432,17 @@ def strip(study: Study, dataset: str, group: str, items_path: str, declared: lis
     R = study.results
     tasks = plan.cot_tables(study, group)
     _check_declared(f"strip {group}", [t.stripped(R, dataset) for t in tasks], declared)
-    items = pl.read_parquet(items_path)
+    items = io.read_table(items_path)
     prepared = []  # per task: (records, keys, spans, answers)
     for t in tasks:
         spans: dict[tuple[str, int], list[Sentence]] = {}
-        for r in pl.read_parquet(t.sentences(R, dataset)).sort("item_id", "sample", "sentence_idx").iter_rows(named=True):
+        for r in io.read_table(t.sentences(R, dataset)).sort("item_id", "sample", "sentence_idx").iter_rows(named=True):
             spans.setdefault((r["item_id"], r["sample"]), []).append(
                 Sentence(r["sentence_idx"], r["char_start"], r["char_end"], r["text"]))
         answers: dict[tuple[str, int], str | None] = {}
-        recs = list(pl.read_parquet(t.cots(R, dataset)).iter_rows(named=True))
+        recs = list(io.read_table(t.cots(R, dataset)).iter_rows(named=True))
         if t.generations(R, dataset):  # the source's own parsed answer: what the rule method removes
-            scored = score_generations(study.datasets[dataset], items, pl.read_parquet(t.generations(R, dataset)))
+            scored = score_generations(study.datasets[dataset], items, io.read_table(t.generations(R, dataset)))
             answers = {(i, s): a for i, s, a in scored.select("item_id", "sample", "answer").iter_rows()}
         elif get_adapter(study.datasets[dataset].adapter).numeric_answers:  # no answer phase (an ensemble)
             answers = {(r["item_id"], r["sample"]): S.stated_answer(r["cot"]) for r in recs}
@@ -445,6 +513,7 @@ def _filter_model_drops(study: Study, engine, sentence_lists: list,
     for k in range(0, len(reqs), size):
         outs += engine.generate(reqs[k:k + size], what=f"answer-removal filter, shard {k // size + 1}/"
                                                         f"{(len(reqs) + size - 1) // size}")
+        faults.point("shard")
     if study.strip_mode == "rewrite":
         return [S.parse_rewrite_output(fmt.answer_text(o.text), ss) if ss else (set(), "empty_input", 0)
                 for ss, o in zip(sentence_lists, outs)]
@@ -455,8 +524,10 @@ def _filter_model_drops(study: Study, engine, sentence_lists: list,
 def score(study: Study, dataset: str, items_path: str, generation_paths: list[str], out: str, prov: dict) -> None:
     from cotransfer.scoring import score_generations
 
-    gens = pl.concat([pl.read_parquet(p) for p in generation_paths], how="vertical")
-    scored = score_generations(study.datasets[dataset], pl.read_parquet(items_path), gens,
+    # probe tables (docs/probe.md) carry their own key columns; other rows get them as null
+    gens = pl.concat([io.read_table(p) for p in generation_paths], how="diagonal")
+    faults.point("read")
+    scored = score_generations(study.datasets[dataset], io.read_table(items_path), gens,
                                answer_scope="paper" if study.compat.answer_scope else "answer")
     io.write_parquet(scored, out, prov)
 
@@ -469,7 +540,14 @@ def metric_tables(study: Study, answers, *, bootstrap: int, permutations: int, s
     from cotransfer import ii_metrics, metrics, plan
     from cotransfer.similarity import get_backend
 
+    from cotransfer.probe import PROBE_CONDITIONS
+    from cotransfer.probe_metrics import probe_tables
+
     ii = plan.ii_datasets(study)
+    # the probes' rows and the sources' own answers they are compared with (docs/probe.md)
+    probe_input = (answers.lazy().filter(pl.col("condition").is_in([*PROBE_CONDITIONS, "default"])).collect()
+                   if study.probe.enabled else None)
+    answers = answers.filter(~pl.col("condition").is_in(PROBE_CONDITIONS))  # the study's conditions
     # CoT sources that are not evaluators (method.md 2.2's base and GRPO models) answer only in
     # their own free runs: they are in no evaluator pair, but post-training compares each
     # target's answer with theirs.
@@ -495,6 +573,8 @@ def metric_tables(study: Study, answers, *, bootstrap: int, permutations: int, s
         tables["post_training"] = metrics.post_training(answers, tags, accuracy_table=tables["accuracy"])
     if study.compat.selfcons_default_source:  # the original's default side: the A->A transfer run
         tables["self_consistency"] = metrics.self_consistency(metrics.paper_default_source(main), bootstrap, seed)
+    if study.probe.enabled:
+        tables.update(probe_tables(probe_input, bootstrap=bootstrap, seed=seed))
     return tables
 
 
@@ -504,7 +584,12 @@ def aggregate(study: Study, scored_paths: list[str], out: dict[str, str], prov: 
     from cotransfer import plan
     from cotransfer.scoring import ANSWER_COLUMNS
 
-    answers = pl.concat([pl.read_parquet(p) for p in scored_paths], how="diagonal_relaxed")
+    from cotransfer.probe import PROBE_KEY_SCHEMA
+
+    answers = pl.concat([io.read_table(p) for p in scored_paths], how="diagonal_relaxed")
+    faults.point("read")
+    answers = answers.with_columns(pl.lit(None, t).alias(c) for c, t in PROBE_KEY_SCHEMA.items()
+                                   if c not in answers.columns)  # no probe rows in the study
     lacking = [c for c in ANSWER_COLUMNS if c not in answers.columns]
     if lacking:
         raise ValueError(f"the scored tables {scored_paths} lack the columns {lacking} (written by an older "
@@ -530,7 +615,7 @@ def strip_report(study: Study, out_table: str, out_csv: str, prov: dict) -> None
     R = study.results
     columns = ["dataset", "cot_source", "n_in", "n_out", "char_ratio", "token_ratio", "unmatched", "status",
                "answer_still_present"]
-    parts = [metrics.strip_qc(pl.read_parquet(t.stripped(R, d), columns=columns), t.kind)
+    parts = [metrics.strip_qc(io.read_table(t.stripped(R, d), columns=columns), t.kind)
              for d in study.datasets for group in plan.COT_GROUPS for t in plan.cot_tables(study, group)]
     table = pl.concat(parts) if parts else pl.DataFrame(schema=metrics.STRIP_QC_SCHEMA)
     io.write_parquet(table, out_table, prov)
@@ -542,7 +627,7 @@ def preference(study: Study, summary: str, accuracy: str, out: dict[str, str], p
     from cotransfer import preference as P
 
     spec = study.preference
-    tables = P.analyze(P.load_ratings(spec.ratings), pl.read_parquet(summary), pl.read_parquet(accuracy),
+    tables = P.analyze(P.load_ratings(spec.ratings), io.read_table(summary), io.read_table(accuracy),
                        source_map=spec.source_map(), bootstrap=study.metrics_bootstrap, seed=study.decoding.seed)
     for name, df in tables.items():
         io.write_parquet(df, out[name], prov)
@@ -559,8 +644,8 @@ def ensemble_report(study: Study, out_table: str, prov: dict) -> None:
         for e in study.ensembles:
             table = plan.CotTable(e, "ensemble")
             parts.append(metrics.ensemble_diagnostics(
-                pl.read_parquet(plan.ensemble_steps_path(R, d, e)), pl.read_parquet(table.cots(R, d)),
-                {e: study.ensembles[e].generators}, stripped=pl.read_parquet(table.stripped(R, d))))
+                io.read_table(plan.ensemble_steps_path(R, d, e)), io.read_table(table.cots(R, d)),
+                {e: study.ensembles[e].generators}, stripped=io.read_table(table.stripped(R, d))))
     diag = pl.concat(parts) if parts else pl.DataFrame(schema=metrics.ENSEMBLE_DIAGNOSTICS_SCHEMA)
     io.write_parquet(diag, out_table, prov)
 
@@ -572,7 +657,7 @@ def figures(study: Study, tables: dict[str, str], out_dir: str, declared: list[s
     from cotransfer import figures as F
     from cotransfer import plan
 
-    frames = {name: pl.read_parquet(path) for name, path in tables.items()}
+    frames = {name: io.read_table(path) for name, path in tables.items()}
     result = F.render_all(frames, out_dir, ii_datasets=plan.ii_datasets(study),
                           pool_variants=study.compat.fig1_pooling,
                           paper_grouping=study.compat.breakdown_grouping)

@@ -172,6 +172,20 @@ def states_answer(text: str, answer: str | None) -> bool:
     return matcher is not None and matcher(text)
 
 
+def ends_on_answer(sentence: str, answer: str | None) -> bool:
+    """Whether the sentence arrives at `answer`: for a numeric answer, its last number has the
+    answer's value ("6-7=9." and "so it is 9 mg" for 9, not the step "5-9=6."); for any other
+    answer, it states it (`states_answer`)."""
+    if answer is None:
+        return False
+    a = answer.strip()
+    value = _to_float(a) if _NUMERIC_ANSWER.fullmatch(a) else None
+    if value is None:
+        return states_answer(sentence, answer)
+    numbers = _NUMBER.findall(sentence)
+    return bool(numbers) and _to_float(numbers[-1]) == value
+
+
 def has_answer_cue(sentence: str) -> bool:
     """Whether the sentence announces the final answer ("the answer is", "final answer:",
     "Answer: ...", `"answer": ...`, `\\boxed{...}`, "the instruction is to ...")."""
@@ -197,7 +211,7 @@ def _check_joiner(joiner: str) -> None:
         raise ValueError(f"strip joiner must be one whitespace character, got {joiner!r}")
 
 
-def _check_spans(cot: str, sentences: Sequence[Sentence]) -> None:
+def check_spans(cot: str, sentences: Sequence[Sentence]) -> None:
     """The sentences must be this CoT's: in order, inside it, apart, and matching its text."""
     prev_end = -1
     for pos, s in enumerate(sentences):
@@ -229,7 +243,7 @@ def strip_with_drops(cot: str, drop: Iterable[int], joiner: str = " ", answer: s
     """
     _check_joiner(joiner)
     sents = split(cot) if sentences is None else list(sentences)
-    _check_spans(cot, sents)
+    check_spans(cot, sents)
     matcher = answer_matcher(answer)
     if not sents:
         return StripResult("", (), (), 0, 0, 0.0, "empty_input", False if matcher else None)

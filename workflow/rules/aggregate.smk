@@ -11,7 +11,7 @@ rule aggregate:
                                        category="0 tables"),
         accuracy_csv=report(REPORT_TABLES["accuracy_csv"], caption=f"{REPORT_DIR}/accuracy_table.rst", category="0 tables"),
     log:
-        f"logs/aggregate.log",
+        f"{R}/logs/aggregate.log",
     params:
         code=code("aggregate.py"),
         compat=STUDY.compat.params("metrics"),
@@ -30,7 +30,7 @@ if STUDY.preference:
         output:
             **PREFERENCE_TABLES,
         log:
-            "logs/preference.log",
+            f"{R}/logs/preference.log",
         params:
             code=code("preference.py"),
         resources:

@@ -65,7 +65,7 @@ def generation_paths(dataset):
         out.append(plan.generation_path(R, dataset, m, "empty"))
         out += [plan.generation_path(R, dataset, m, c, "full") for c in ("default", "sampled")]
         if STUDY.models[m].evaluator:  # a CoT source only reads no CoT
-            for stage in ("transfer", "ensemble"):
+            for stage in ("transfer", "ensemble", "probe"):
                 out += [c.output(R, dataset, m) for c in plan.prefill_cells(STUDY, stage)]
     return out
 
@@ -98,7 +98,8 @@ FIGURE_CATEGORY = {"overview": "1 consistency", "consistency": "1 consistency", 
                    "involvement": "5 creator involvement", "post_training": "6 post-training",
                    "user_study": "7 user study", "ii_consistency": "8 instruction induction",
                    "ii_tasks": "8 instruction induction", "ii_accuracy": "8 instruction induction",
-                   "ensemble": "9 ensemble diagnostics"}
+                   "ensemble": "9 ensemble diagnostics", "prefix_transfer": "10 which part transfers",
+                   "sentence_importance": "10 which part transfers"}
 
 
 def figure_outputs():
@@ -135,6 +136,23 @@ def get_final_outputs():
     figures = [str(p) for p in figure_outputs().values()]  # plain paths: the report flag belongs to the figures rule
     return ([*TABLES.values(), *REPORT_TABLES.values(), *PREFERENCE_TABLES.values(), *figures,
              *STRIP_QC.values()] + ([ENSEMBLE_TABLE] if ENSEMBLES else []))
+
+
+def get_intermediate_outputs():
+    """Every intermediate file the study plans under study.results: items, the generations of
+    every stage, every CoT table (full and stripped) and its sentences, the ensembles' step logs,
+    the scored tables. `rule all` asks for them too, because Snakemake checks no intermediate of
+    an up-to-date target: so a deleted one is rebuilt, and (by modification time) what reads it."""
+    out = []
+    for d in DATASETS:
+        out.append(items_path(d))
+        out += generation_paths(d)
+        for group in plan.COT_GROUPS:
+            for t in plan.cot_tables(STUDY, group):
+                out += [t.cots(R, d), t.sentences(R, d), t.stripped(R, d)]
+        out += [plan.ensemble_steps_path(R, d, e) for e in ENSEMBLES]
+    out += get_scored()
+    return list(dict.fromkeys(out))
 
 
 def get_strip_report_input(wildcards):
@@ -181,6 +199,20 @@ def get_transfer_cots(wildcards):
 
 def get_ensemble_transfer_cots(wildcards):
     return get_prefill_cots(wildcards, "ensemble")
+
+
+def get_probe_cots(wildcards):
+    return get_prefill_cots(wildcards, "probe")
+
+
+def get_probe_sentences(wildcards):
+    return plan.probe_sentences(STUDY, R, wildcards.dataset)
+
+
+def get_probe_transfer(wildcards):
+    """The evaluator's transfer answers on every model's whole CoT: the probe's whole-CoT
+    requests are theirs, so the probe runs after them (and finds them in the request cache)."""
+    return [plan.Cell("transfer", "full", m).output(R, wildcards.dataset, wildcards.model) for m in MODELS]
 
 
 def get_split_input(wildcards, group):
@@ -267,7 +299,7 @@ def _run_params(wildcards, script):
 
 
 # which compat switches (cotransfer.config.COMPAT_SWITCHES, by where they act) define a stage's results
-COMPAT_WHERE = {"generate.py": ("prompt", "cots"), "prefill.py": ("prompt", "prefill"),
+COMPAT_WHERE = {"generate.py": ("prompt", "cots"), "prefill.py": ("prompt", "prefill"), "probe.py": ("prompt", "prefill"),
                 "ensemble.py": ("prompt", "ensemble", "cots")}
 
 

@@ -5,7 +5,7 @@ rule fetch_dataset:
     output:
         f"{RES}/data/{{dataset}}/fetch.json",
     log:
-        "logs/fetch_dataset/{dataset}.log",
+        f"{R}/logs/fetch_dataset/{{dataset}}.log",
     params:
         dataset=dataset_params,
     script:
@@ -18,7 +18,7 @@ rule items:
     output:
         f"{R}/items/{{dataset}}.parquet",
     log:
-        "logs/items/{dataset}.log",
+        f"{R}/logs/items/{{dataset}}.log",
     params:
         dataset=dataset_params,
     script:
@@ -31,7 +31,7 @@ rule prepare_model:
     output:
         f"{RES}/models/{{anymodel}}.json",
     log:
-        "logs/prepare_model/{anymodel}.log",
+        f"{R}/logs/prepare_model/{{anymodel}}.log",
     params:
         model=model_params,
     script:

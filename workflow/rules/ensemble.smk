@@ -10,7 +10,7 @@ rule ensemble:
         cots=f"{R}/cots/{{dataset}}/full/{{ensemble}}/ensemble.parquet",
         steps=f"{R}/ensembles/{{dataset}}/{{ensemble}}.steps.parquet",
     log:
-        "logs/ensemble/{dataset}/{ensemble}.log",
+        f"{R}/logs/ensemble/{{dataset}}/{{ensemble}}.log",
     benchmark:
         f"{R}/benchmarks/ensemble/{{dataset}}/{{ensemble}}.tsv"
     params:

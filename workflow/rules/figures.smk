@@ -9,7 +9,7 @@ rule figures:
     output:
         **figure_outputs(),
     log:
-        "logs/figures.log",
+        f"{R}/logs/figures.log",
     params:
         **figure_caption_params(),
         code=code("figures.py"),
@@ -26,7 +26,7 @@ if ENSEMBLES:
         output:
             table=ENSEMBLE_TABLE,
         log:
-            "logs/ensemble_report.log",
+            f"{R}/logs/ensemble_report.log",
         params:
             code=code("ensemble_report.py"),
         script:

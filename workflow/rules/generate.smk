@@ -12,7 +12,7 @@ rule generate:
         cot_default=f"{R}/cots/{{dataset}}/full/{{model}}/default.parquet",
         cot_sampled=f"{R}/cots/{{dataset}}/full/{{model}}/sampled.parquet",
     log:
-        "logs/generate/{dataset}/{model}.log",
+        f"{R}/logs/generate/{{dataset}}/{{model}}.log",
     benchmark:
         f"{R}/benchmarks/generate/{{dataset}}/{{model}}.tsv"
     params:

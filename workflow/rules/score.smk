@@ -8,7 +8,7 @@ rule score:
     output:
         f"{R}/scored/{{dataset}}.parquet",
     log:
-        "logs/score/{dataset}.log",
+        f"{R}/logs/score/{{dataset}}.log",
     params:
         score=score_params,
     script:

@@ -8,7 +8,7 @@ rule split:
     output:
         split_outputs("models"),
     log:
-        "logs/split/{dataset}/models.log",
+        f"{R}/logs/split/{{dataset}}/models.log",
     params:
         code=code("split.py"),
         group="models",
@@ -24,7 +24,7 @@ if ENSEMBLES:
         output:
             split_outputs("ensembles"),
         log:
-            "logs/split/{dataset}/ensembles.log",
+            f"{R}/logs/split_ensembles/{{dataset}}/ensembles.log",
         params:
             code=code("split.py"),
             group="ensembles",

@@ -9,7 +9,7 @@ rule strip:
     output:
         strip_outputs("models"),
     log:
-        "logs/strip/{dataset}/models.log",
+        f"{R}/logs/strip/{{dataset}}/models.log",
     params:
         strip=strip_params,
         group="models",
@@ -27,7 +27,7 @@ if ENSEMBLES:
         output:
             strip_outputs("ensembles"),
         log:
-            "logs/strip/{dataset}/ensembles.log",
+            f"{R}/logs/strip_ensembles/{{dataset}}/ensembles.log",
         params:
             strip=strip_params,
             group="ensembles",
@@ -44,7 +44,7 @@ rule strip_report:
         table=STRIP_QC["table"],
         csv=report(STRIP_QC["csv"], caption=f"{REPORT_DIR}/strip_qc.rst", category="0 tables"),
     log:
-        "logs/strip_report.log",
+        f"{R}/logs/strip_report.log",
     params:
         code=code("strip_report.py"),
     resources:

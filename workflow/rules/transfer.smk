@@ -13,7 +13,7 @@ rule transfer:
     output:
         prefill_outputs("transfer"),
     log:
-        "logs/transfer/{dataset}/{model}.log",
+        f"{R}/logs/transfer/{{dataset}}/{{model}}.log",
     benchmark:
         f"{R}/benchmarks/transfer/{{dataset}}/{{model}}.tsv"
     params:
@@ -35,7 +35,7 @@ if ENSEMBLES:
         output:
             prefill_outputs("ensemble"),
         log:
-            "logs/transfer_ensemble/{dataset}/{model}.log",
+            f"{R}/logs/transfer_ensemble/{{dataset}}/{{model}}.log",
         benchmark:
             f"{R}/benchmarks/transfer_ensemble/{{dataset}}/{{model}}.tsv"
         params:

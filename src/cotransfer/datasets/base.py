@@ -24,6 +24,9 @@ ITEM_SCHEMA = {"item_id": pl.String, "system": pl.String, "user": pl.String,
 
 ADAPTERS: dict[str, type["DatasetAdapter"]] = {}
 
+#: the table formats a local `path:` file (and `medcalc.read_table`) reads
+TABLE_SUFFIXES = (".csv", ".parquet", ".jsonl")
+
 
 register = registrar(ADAPTERS, "dataset adapter")  # register(name) is a class decorator
 
@@ -69,9 +72,64 @@ class DatasetAdapter:
     #: whether answers are numbers, so that a thought's last number is the answer it states
     #: (answer removal's rule method for a thought with no answer phase, e.g. an ensemble's)
     numeric_answers: ClassVar[bool] = False
+    #: what a local `path:` must be: "file" (one table), "dir" (a folder in the adapter's
+    #: layout), or None (the adapter reads no path)
+    local_path: ClassVar[str | None] = "file"
+    #: what `available()` counts, in the words of an error message
+    size_unit: ClassVar[str] = "rows"
 
     def __init__(self, spec: "DatasetSpec"):
         self.spec = spec
+
+    # -- before any job (cotransfer.config.check_inputs) -------------------------------------
+
+    def check_inputs(self) -> None:
+        """Check what the spec names on this machine, before any job runs and without the
+        network: by default that a local `path:` is a file (or a folder, `local_path`). Raise
+        ValueError whose message starts with the offending key (`datasets.<name>.path: ...`)."""
+        if not self.spec.path or self.local_path is None:
+            return
+        key, path = f"datasets.{self.spec.name}.path", Path(self.spec.path)
+        where = self.spec.path if path.is_absolute() else \
+            f"{self.spec.path} (relative to the working directory {Path.cwd()})"
+        if not path.exists():
+            raise ValueError(f"{key}: no such {'folder' if self.local_path == 'dir' else 'file'} {where}")
+        if self.local_path == "file" and not path.is_file():
+            raise ValueError(f"{key}: {where} is a folder; this adapter reads one table file")
+        if self.local_path == "dir" and not path.is_dir():
+            raise ValueError(f"{key}: {where} is a file; this adapter reads a folder")
+
+    def available(self) -> int | None:
+        """How many distinct items the dataset holds for this spec (`size_unit`), when that is
+        known without the network: the rows of a local file, a size the options pin, the space a
+        synthetic task draws from. None: known only after the download. Called after
+        `check_inputs` passed; `cotransfer.config` refuses an `n_items` above it before any job."""
+        return None
+
+    def local_rows(self) -> int | None:
+        """The rows of the local `path:` table (None without a path), counted once and checked
+        against the option `expected_rows` when it is set; ValueError naming the key otherwise."""
+        if not self.spec.path:
+            return None
+        if getattr(self, "_local_rows", None) is None:
+            key = f"datasets.{self.spec.name}"
+            try:
+                rows = count_rows(Path(self.spec.path))
+            except Exception as e:  # noqa: BLE001 - any reader failure, with the file named
+                raise ValueError(f"{key}.path: cannot read {self.spec.path} as a table: {_one_line(e)}") from None
+            expected = self.spec.opts.get("expected_rows")
+            if expected is not None and rows != _count_option(expected, f"{key}.options.expected_rows"):
+                raise ValueError(f"{key}.options.expected_rows: {self.spec.path} has {rows} rows, expected "
+                                 f"{expected} (wrong file, split or version?)")
+            self._local_rows = rows
+        return self._local_rows
+
+    def expected_rows(self) -> int | None:
+        """The size the option `expected_rows` pins (the adapter fails on another), or None."""
+        expected = self.spec.opts.get("expected_rows")
+        if expected is None:
+            return None
+        return _count_option(expected, f"datasets.{self.spec.name}.options.expected_rows")
 
     # -- data stage -------------------------------------------------------------------------
 
@@ -131,6 +189,35 @@ class DatasetAdapter:
         if df["item_id"].is_null().any() or (df["item_id"] == "").any():
             raise ValueError("empty item_id")
         return df
+
+
+def count_rows(path: Path) -> int:
+    """The rows of a CSV, Parquet or JSONL table without keeping it (Parquet: from its footer),
+    read as `medcalc.read_table` reads it (CSV: every column as text, quoted newlines inside)."""
+    name = path.name.lower()
+    if name.endswith(".parquet"):
+        frame = pl.scan_parquet(path)
+    elif name.endswith(".jsonl"):
+        frame = pl.scan_ndjson(path)
+    elif name.endswith(".csv"):
+        frame = pl.scan_csv(path, infer_schema=False)
+    else:
+        raise ValueError(f"unsupported table format {path.suffix or '(no suffix)'}; "
+                         f"expected {', '.join(TABLE_SUFFIXES)}")
+    return int(frame.select(pl.len()).collect().item())
+
+
+def _count_option(value, key: str) -> int:
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{key}: expected a non-negative integer, got {value!r}")
+    return value
+
+
+def _one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split())
+    return text[:300] + ("..." if len(text) > 300 else "")
 
 
 # -- Hugging Face Hub ---------------------------------------------------------------------------

@@ -234,6 +234,15 @@ class GSM8K(DatasetAdapter):
                 "data_files": [p.relative_to(dest).as_posix() for p in files],
                 "files": {p.relative_to(dest).as_posix(): sha256_file(p) for p in files}}
 
+    def check_inputs(self) -> None:
+        """A local `path:` must be a readable table file with `expected_rows` rows when set."""
+        super().check_inputs()
+        self.local_rows()
+
+    def available(self) -> int | None:
+        """The rows of the local table, else `expected_rows` (1319 for the test split), else unknown."""
+        return self.local_rows() if self.spec.path else self.expected_rows()
+
     def load(self, raw: Path) -> pl.DataFrame:
         """Draw the sample (module docstring) and build the items table in sample order."""
         return self._load(raw, sample=True)

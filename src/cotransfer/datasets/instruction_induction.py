@@ -38,6 +38,12 @@ F1 over a task's items, is the mean of that column. The pairwise consistency of 
 Item ids are `<task>:<example id>` (`item_id`); `task_of` reads the task back from one, which is
 how the metrics group items by task (the answers table does not carry the items' meta).
 
+Before any job (`check_inputs`, `available`; `cotransfer.config.check_inputs`): a local `path:`
+must be a folder with `induce/` and, for every task used, `induce/<task>.json` with at least
+`per_task` examples and `annotations/<task>.json`; a local `similarity_model` folder must hold a
+complete model (config.json, tokenizer, weights), and the `embedding` backend without one needs
+the packaged model installed. The dataset's size is tasks x per_task.
+
 Options: `tasks` (list), `per_task` (default 5), `commit` (40-hex sha, required for download),
 `repo` (default orhonovich/instruction-induction), `induce_path` and `annotations_path` (paths in
 the repository, `{task}` filled in), `similarity` and `similarity_*` (`cotransfer.similarity`).
@@ -190,6 +196,8 @@ def prompt_of(example: dict, where: str) -> str:
 class InstructionInduction(DatasetAdapter):
     version = "1"
     remote = True
+    local_path = "dir"  # <path>/induce/<task>.json, <path>/annotations/<task>.json
+    size_unit = "items (tasks x per_task)"
 
     def __init__(self, spec):
         super().__init__(spec)
@@ -201,6 +209,80 @@ class InstructionInduction(DatasetAdapter):
         if isinstance(tasks, str):
             tasks = [t.strip() for t in tasks.split(",") if t.strip()]
         return sorted(dict.fromkeys(tasks))
+
+    def per_task(self) -> int:
+        k = self.spec.opts.get("per_task", PER_TASK)
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ValueError(f"datasets.{self.spec.name}.options.per_task: expected an integer >= 1, got {k!r}")
+        return k
+
+    def _local_tasks(self) -> list[str]:
+        return self._tasks(sorted(p.stem for p in (Path(self.spec.path) / "induce").glob("*.json")))
+
+    def check_inputs(self) -> None:
+        """The local task folder (module docstring) and the similarity backend's local weights."""
+        super().check_inputs()
+        key = f"datasets.{self.spec.name}"
+        k = self.per_task()
+        if self.spec.path:
+            root = Path(self.spec.path)
+            if not (root / "induce").is_dir():
+                raise ValueError(f"{key}.path: {root} has no induce/ folder (the layout: induce/<task>.json, "
+                                 "annotations/<task>.json)")
+            tasks = self._local_tasks()
+            if not tasks:
+                raise ValueError(f"{key}.path: {root / 'induce'} holds no task file")
+            lacking = [t for t in tasks if not (root / "induce" / f"{t}.json").is_file()]
+            if lacking:
+                raise ValueError(f"{key}.options.tasks: no task file {root / 'induce'}/<task>.json for {lacking}")
+            lacking = [t for t in tasks if not (root / "annotations" / f"{t}.json").is_file()]
+            if lacking:
+                raise ValueError(f"{key}.path: no annotations file {root / 'annotations'}/<task>.json for {lacking}")
+            small = {}
+            for task in tasks:
+                try:
+                    n = len(read_examples(root / "induce" / f"{task}.json"))
+                except ValueError as e:  # not JSON, or no examples: the message names the file
+                    raise ValueError(f"{key}.path: {e}") from None
+                if n < k:
+                    small[task] = n
+            if small:
+                raise ValueError(f"{key}.options.per_task: {k} is more than the examples of task(s) "
+                                 + ", ".join(f"{t} ({n})" for t, n in small.items())
+                                 + "; per_task must not exceed a task's examples")
+        self._check_similarity_model()
+
+    def _check_similarity_model(self) -> None:
+        """Local weights the similarity backend will load: a `similarity_model` folder, or the
+        packaged model of `embedding`. A Hub id (bertscore) is not checked: it may be in the
+        Hugging Face cache of the machine that scores."""
+        import importlib.util
+
+        from cotransfer.config import model_dir_problem
+        from cotransfer.similarity import EXTRA, OPTION, PACKAGED_MODEL
+
+        opts, key = self.spec.opts, f"datasets.{self.spec.name}.options"
+        backend, model = opts.get(OPTION, "exact"), opts.get(f"{OPTION}_model")
+        if backend == "embedding" and model is None:
+            if importlib.util.find_spec(PACKAGED_MODEL) is None:
+                raise ValueError(f"{key}.{OPTION}: the embedding backend without {OPTION}_model reads the "
+                                 f"packaged model {PACKAGED_MODEL!r}, which is not installed ({EXTRA}), or set "
+                                 f"{OPTION}_model to a local folder")
+            return
+        if backend not in ("embedding", "bertscore") or not isinstance(model, str):
+            return
+        path = Path(model).expanduser()
+        hub_id = re.fullmatch(r"[\w.-]+(/[\w.-]+)?", model) is not None
+        if backend == "bertscore" and hub_id and not path.exists():
+            return  # a Hub id: its weights must be in the local Hub cache where scoring runs
+        problem = model_dir_problem(str(path) if model.startswith("~") else model, chat_template=False)
+        if problem:
+            raise ValueError(f"{key}.{OPTION}_model: {problem}")
+
+    def available(self) -> int:
+        """tasks x per_task: the listed tasks, else the local folder's, else the eight upstream."""
+        tasks = self._local_tasks() if self.spec.path else self._tasks(ORIGINAL_TASKS)
+        return len(tasks) * self.per_task()
 
     def fetch(self, dest: Path) -> dict:
         """Copy `path:`, or download each task's prompts and annotations at the pinned commit."""

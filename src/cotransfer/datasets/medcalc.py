@@ -48,8 +48,8 @@ from pathlib import Path
 
 import polars as pl
 
-from cotransfer.datasets.base import (DatasetAdapter, Scored, data_files, download_dataset, register,
-                                      resolve_revision)
+from cotransfer.datasets.base import (TABLE_SUFFIXES, DatasetAdapter, Scored, data_files, download_dataset,
+                                      register, resolve_revision)
 from cotransfer.io import sha256_file
 
 log = logging.getLogger(__name__)
@@ -62,7 +62,6 @@ COLUMNS = ("Row Number", "Calculator ID", "Calculator Name", "Category", "Output
 #: the columns the adapter reads; the others are kept in the raw file but not required
 REQUIRED = ("Row Number", "Calculator ID", "Category", "Output Type", "Patient Note", "Question",
             "Ground Truth Answer", "Lower Limit", "Upper Limit")
-TABLE_SUFFIXES = (".csv", ".parquet", ".jsonl")
 #: what `fetch` takes from a Hub snapshot
 HUB_PATTERNS = ("*.csv", "*.parquet", "*.jsonl", "*.json")
 
@@ -476,6 +475,15 @@ class MedCalc(DatasetAdapter):
                 "resolved_revision": resolve_revision(spec.repo_id, spec.revision, dest, cached_commit),
                 "data_files": [str(table.relative_to(dest))],
                 "files": {str(p.relative_to(dest)): sha256_file(p) for p in data_files(dest)}}
+
+    def check_inputs(self) -> None:
+        """A local `path:` must be a readable table file with `expected_rows` rows when set."""
+        super().check_inputs()
+        self.local_rows()
+
+    def available(self) -> int | None:
+        """The rows of the local table, else `expected_rows` (1047 for v1.0), else unknown."""
+        return self.local_rows() if self.spec.path else self.expected_rows()
 
     def load(self, raw: Path) -> pl.DataFrame:
         """Draw the sample (see the module docstring) and build the items table in sample order."""

@@ -7,7 +7,20 @@ step, so the answer cannot be read off without the intermediate steps:
 
 The gold answer is one digit. The demo's toy models answer with text such as "The answer is 2."
 Parsing takes the last integer of the answer segment; anything else is invalid, never a crash.
-Options: `steps` (default 4), `modulus` (default 10). `n_items` defaults to 40.
+Options: `steps` (default 4), `modulus` (default 10), `size` (default 1000). `n_items` defaults
+to 40.
+
+Size: a question is a start value (`modulus` choices) and `steps` operations, each one of 3
+operations with an operand from 1 to `modulus - 1`, so there are `modulus * (3 * (modulus - 1))
+** steps` distinct questions (196,830 for the demo's 3 steps mod 10; 5,314,410 for 4 steps).
+Questions are drawn from the seeded generator in order, and a question already drawn is skipped
+(version 2; version 1 kept repeats, e.g. 21,605 of 100,000 items with the demo's options), so
+every item is a distinct question. A sample without repeats is the same under both versions.
+
+The dataset is the first `size` distinct questions the seeded generator draws (default 1000,
+at most the number of distinct questions), and its items are the first `n_items` of them, so a
+bigger `size` keeps the items a smaller one gave. `n_items` above `size` is refused before any
+job (`available`, `cotransfer.config.check_inputs`): a synthetic set is not endless by accident.
 """
 
 from __future__ import annotations
@@ -57,19 +70,68 @@ def make_item(rng: random.Random, steps: int, modulus: int) -> tuple[str, int, l
     return c.question, c.answer, list(c.trace)
 
 
+DEFAULT_N_ITEMS = 40
+DEFAULT_SIZE = 1000
+
+
+def n_questions(steps: int, modulus: int) -> int:
+    """How many distinct questions `make_chain` can draw: start values x (operations x operands) ** steps."""
+    return modulus * (len(OPS) * (modulus - 1)) ** steps
+
+
 @register("toyarith")
 class ToyArith(DatasetAdapter):
     numeric_answers = True
-    version = "1"
+    version = "2"  # 2: no question repeats (a repeat is skipped; samples without one are unchanged)
+    local_path = None  # generated: a `path:` is not read
+    size_unit = "questions (options.size; the generator's first distinct draws)"
+
+    def options(self) -> tuple[int, int]:
+        """(steps, modulus), checked: ValueError naming the option."""
+        o, key = self.spec.opts, f"datasets.{self.spec.name}.options"
+        steps, modulus = o.get("steps", 4), o.get("modulus", 10)
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise ValueError(f"{key}.steps: expected an integer >= 1, got {steps!r}")
+        if isinstance(modulus, bool) or not isinstance(modulus, int) or modulus < 2:
+            raise ValueError(f"{key}.modulus: expected an integer >= 2, got {modulus!r}")
+        size = o.get("size", DEFAULT_SIZE)
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise ValueError(f"{key}.size: expected an integer >= 1, got {size!r}")
+        if size > n_questions(steps, modulus) and "size" in o:
+            raise ValueError(f"{key}.size: {size} is more than the {n_questions(steps, modulus)} distinct questions "
+                             f"of {steps} steps modulo {modulus}")
+        return steps, modulus
+
+    @property
+    def n_items(self) -> int:
+        return DEFAULT_N_ITEMS if self.spec.n_items is None else int(self.spec.n_items)
+
+    def check_inputs(self) -> None:
+        self.options()
+        if self.spec.n_items is None and self.n_items > self.available():
+            raise ValueError(f"datasets.{self.spec.name}.n_items: unset means {DEFAULT_N_ITEMS}, more than the "
+                             f"{self.available()} questions of the dataset (options.size)")
+
+    def available(self) -> int:
+        """The dataset's questions: `options.size`, at most the distinct questions there are."""
+        steps, modulus = self.options()
+        return min(self.spec.opts.get("size", DEFAULT_SIZE), n_questions(steps, modulus))
 
     def load(self, raw: Path | None = None) -> pl.DataFrame:
-        o = self.spec.opts
-        steps, modulus = int(o.get("steps", 4)), int(o.get("modulus", 10))
+        steps, modulus = self.options()
+        n = self.n_items
+        if n > self.available():
+            raise ValueError(f"datasets.{self.spec.name}.n_items: {n} is more than the {self.available()} questions "
+                             f"of the dataset (options.size; at most {n_questions(steps, modulus)} distinct "
+                             f"questions of {steps} steps modulo {modulus})")
         rng = random.Random(self.spec.seed)
-        rows = []
-        for i in range(self.spec.n_items or 40):
+        rows, seen = [], set()
+        while len(rows) < n:
             q, ans, trace = make_item(rng, steps, modulus)
-            rows.append({"item_id": f"t{i:04d}", "system": SYSTEM, "user": q, "gold": str(ans),
+            if q in seen:  # a repeat: skipped, so that every item is a distinct question
+                continue
+            seen.add(q)
+            rows.append({"item_id": f"t{len(rows):04d}", "system": SYSTEM, "user": q, "gold": str(ans),
                          "meta": {"trace": trace, "modulus": modulus}})
         return self.items_frame(rows)
 
