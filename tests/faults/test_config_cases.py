@@ -126,3 +126,5 @@ def test_reliability_page_quotes_the_suite():
            f"{test_corrupt.N_CASES * len(test_corrupt.CORRUPTIONS)}" in page
     assert f"| {len(test_disk.WRITERS)} |" in page
     assert f"| {len(CASES)} |" in page and f"{len(VALUE_CASES)} checks the schema cannot make" in page
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    assert f"SIGKILL at {test_kills.N_KILLS} seeded points" in readme and f"{len(CASES)} bad configs" in readme

@@ -157,12 +157,12 @@ def test_truncated_generations_fail_the_score_job_naming_the_file_in_its_log(fau
         shutil.copytree(fault_demo / sub, wd / sub)
     shutil.copytree(fault_demo / ".snakemake", wd / ".snakemake", ignore=shutil.ignore_patterns("locks", "incomplete"))
     (wd / "demo.yaml").write_text((fault_demo / "demo.yaml").read_text())
-    bad = wd / _gen("toy_dapo", "transfer", "full", "toy_qwq")
+    bad = wd / _gen("toy_dapo", "ensemble", "full", "ens")  # read by the score job only
     bad.write_bytes(bad.read_bytes()[:-100])
     proc = snakemake("--cores", "2", "--configfile", "demo.yaml", "--forcerun", "score", "--until", "score",
                      cwd=wd, check=False)
     assert proc.returncode != 0
     rel = str(bad.relative_to(wd))
     logs = "".join(p.read_text() for p in wd.rglob("logs/score/*.log"))
-    assert rel in logs and "rule transfer" in logs, logs[-2000:]
+    assert rel in logs and "rule transfer_ensemble" in logs, logs[-2000:]
     assert rel in proc.stdout + proc.stderr
