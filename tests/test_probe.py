@@ -289,3 +289,27 @@ def test_importance_correlation_table():
 def test_no_probe_rows_give_empty_tables():
     plain = _prefix_answers().filter(pl.col("condition") == "default").drop("fraction", "dropped")
     assert prefix_transfer(plain).is_empty() and sentence_importance(plain).is_empty()
+
+
+def test_each_probe_can_be_switched_off(demo_config):
+    """prefix.enabled / importance.enabled: the probe job's outputs, the tables and the figures
+    follow the switches; with both off there is no probe job at all."""
+    from cotransfer import plan
+    from cotransfer.config import Study, validate
+
+    def study(prefix: bool, importance: bool) -> Study:
+        cfg = {**demo_config, "prefix": {"enabled": prefix}, "importance": {"enabled": importance}}
+        return Study.from_dict(validate(cfg, inputs=False))
+
+    both = study(True, True)
+    assert {c.condition for c in plan.prefill_cells(both, "probe")} == {"prefix", "drop_one"}
+    assert len(plan.prefill_cells(both, "probe")) == 2 * len(both.models)
+    assert {"prefix_transfer", "sentence_importance"} <= set(plan.metric_tables(both))
+    no_prefix = study(False, True)
+    assert {c.condition for c in plan.prefill_cells(no_prefix, "probe")} == {"drop_one"}
+    assert "prefix_transfer" not in plan.metric_tables(no_prefix) and "sentence_importance" in plan.metric_tables(no_prefix)
+    assert plan.figures_planned(no_prefix)["prefix_transfer"] and plan.figures_planned(no_prefix)["sentence_importance"] is None
+    off = study(False, False)
+    assert plan.prefill_cells(off, "probe") == [] and plan.probe_sentences(off, "results", "toyarith") == []
+    assert not {"prefix_transfer", "prefix_summary", "sentence_importance", "importance_correlation"} & set(
+        plan.metric_tables(off))
