@@ -131,8 +131,12 @@ def test_ids_are_stable_across_sample_sizes(table_parquet):
         assert r == full[r["item_id"]]
 
 
-def test_too_few_rows_uses_every_row(table_parquet):
-    assert adapter(n_items=N_ROWS + 5).load(table_parquet).height == N_ROWS
+def test_more_items_than_rows_is_an_error_naming_the_key(table_parquet):
+    """Issue 15: n_items above the rows of a table known only after its download fails the items
+    job naming the key, instead of using fewer items than asked for."""
+    with pytest.raises(ValueError, match=rf"datasets\.\w+\.n_items: {N_ROWS + 5} is more than the {N_ROWS} rows"):
+        adapter(n_items=N_ROWS + 5).load(table_parquet)
+    assert adapter(n_items=N_ROWS).load(table_parquet).height == N_ROWS
 
 
 def test_expected_rows(table_parquet):

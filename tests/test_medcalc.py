@@ -484,3 +484,13 @@ def test_scoring_5000_rows_is_fast():
     for i, text in enumerate(texts):
         m.parse_and_score(text, items[i % len(items)])
     assert time.perf_counter() - start < 2.0
+
+
+def test_more_items_than_rows_is_an_error_naming_the_key(tmp_path):
+    """Issue 15: an n_items the table cannot give (known only after the download when the config
+    has no expected_rows) fails the items job naming the key; the default n_items (100) on a
+    smaller table still takes it whole (above)."""
+    path = tmp_path / "t.csv"
+    make_table(30).write_csv(path)
+    with pytest.raises(ValueError, match=r"datasets\.\w+\.n_items: 40 is more than the 30 rows"):
+        adapter(n_items=40).load(path)

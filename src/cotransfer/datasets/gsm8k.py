@@ -58,7 +58,6 @@ decimal part ("18", "-3", "1234"), others `format(x, ".6g")` ("0.5", "3.14159");
 from __future__ import annotations
 
 import fnmatch
-import logging
 import math
 import re
 from pathlib import Path
@@ -70,7 +69,6 @@ from cotransfer.datasets.base import (DatasetAdapter, Scored, data_files, downlo
 from cotransfer.datasets.medcalc import TABLE_SUFFIXES, pick_table, read_table
 from cotransfer.io import sha256_file
 
-log = logging.getLogger(__name__)
 
 DEFAULT_REPO_ID = "openai/gsm8k"
 DEFAULT_CONFIG = "main"
@@ -274,9 +272,9 @@ class GSM8K(DatasetAdapter):
         n = self.spec.n_items
         if not sample or n is None:
             positions = list(range(table.height))
-        elif table.height < int(n):
-            log.warning("%s: %d rows < n_items=%d; using every row in file order", raw, table.height, n)
-            positions = list(range(table.height))
+        elif table.height < int(n):  # asked for: never fewer, silently
+            raise ValueError(f"datasets.{self.spec.name}.n_items: {n} is more than the {table.height} rows of {raw}; "
+                             "n_items must not exceed them")
         else:
             positions = np.random.RandomState(self.spec.seed).choice(
                 table.height, size=int(n), replace=False).tolist()

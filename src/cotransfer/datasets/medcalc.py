@@ -514,9 +514,12 @@ class MedCalc(DatasetAdapter):
                              "upstream row order, so the table must be in it")
 
         n = DEFAULT_N_ITEMS if spec.n_items is None else int(spec.n_items)
+        if sample and spec.n_items is not None and table.height < n:  # asked for: never fewer, silently
+            raise ValueError(f"datasets.{spec.name}.n_items: {n} is more than the {table.height} rows of {path}; "
+                             "n_items must not exceed them")
         if not sample:
             positions = list(range(table.height))
-        elif table.height < n:
+        elif table.height < n:  # the default n_items: a smaller table is used whole
             log.warning("%s: %d rows < n_items=%d; using every row in file order", path, table.height, n)
             positions = list(range(table.height))
         else:
