@@ -313,3 +313,62 @@ def test_each_probe_can_be_switched_off(demo_config):
     assert plan.prefill_cells(off, "probe") == [] and plan.probe_sentences(off, "results", "toyarith") == []
     assert not {"prefix_transfer", "prefix_summary", "sentence_importance", "importance_correlation"} & set(
         plan.metric_tables(off))
+
+
+# -- the probe's units through the inference run --------------------------------------------------
+
+
+def _scripted_job(demo_config, counting):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_malformed import Scripted
+
+    from cotransfer.config import Study, validate
+    from cotransfer.engine import Completion
+    from cotransfer.inference import Job
+
+    class Counting(Scripted):
+        def count_tokens(self, text):
+            counting.append(text)
+            return super().count_tokens(text)
+
+    study = Study.from_dict(validate({**demo_config, "datasets": {"toyarith": {
+        **demo_config["datasets"]["toyarith"], "decoding": {"max_input_tokens": 4096}}}}, inputs=False))
+    return Job(study, "toyarith", "toy_dapo", Counting(Completion("x", 1, "stop"), Completion("The answer is 7.", 5, "stop")))
+
+
+ITEMS = [{"item_id": f"t{k}", "system": None, "user": f"Start with {k}. Add 4."} for k in range(3)]
+
+
+def test_a_jobs_cells_share_their_rendered_prompts(demo_config):
+    """Every cell of a prefill job (each source and variant, each probe) renders and checks the
+    same prompts: once per job, not once per cell."""
+    from cotransfer.inference import prefill_units
+
+    counted: list[str] = []
+    job = _scripted_job(demo_config, counted)
+    cots = pl.DataFrame({"item_id": ["t0", "t1", "t2"], "sample": [0, 0, 0], "cot": ["a. b.", "c.", "d. e."]})
+    for source in ("m1", "m2", "m3"):
+        prefill_units(job, ITEMS, cots, condition="transfer", variant="full", cot_source=source)
+    prompt_checks = [t for t in counted if t.startswith("<")]  # the max_input_tokens check of whole prompts
+    assert len(prompt_checks) == len(ITEMS)
+
+
+def test_probe_columns_survive_a_source_without_a_cot(demo_config):
+    """An item the source has no CoT for is one flagged row; its output keeps the probe's
+    columns whichever unit comes last."""
+    from cotransfer.inference import prefill_units, run
+
+    job = _scripted_job(demo_config, [])
+    cots = pl.DataFrame({"item_id": ["t0", "t1"], "sample": [0, 0], "cot": ["a. b.", "c."]})  # none for t2
+    frame = prefix_cots(cots.with_columns(cot_source=pl.lit("m")), spans_by_cot(_sentence_table(
+        cots.with_columns(cot_source=pl.lit("m")))), [0.0, 1.0])
+    units = prefill_units(job, ITEMS, frame, condition="prefix", variant="full", cot_source="m",
+                          prompt_condition="transfer")
+    assert units[-1].missing_cot and units[-1].extra == ()
+    out = run(job, units)[("prefix", "full", "m")]
+    assert {"fraction", "kept_share"} <= set(out.columns)
+    assert out.filter(pl.col("item_id") == "t2")["flag"].to_list() == ["no_source_cot"]
+    assert out.filter(pl.col("item_id") == "t0")["fraction"].to_list() == [0.0, 1.0]

@@ -28,7 +28,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import polars as pl
 
@@ -64,6 +64,7 @@ class Job:
     dataset: str
     evaluator: str
     engine: Engine
+    _prompts: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
     def fmt(self) -> Format:
@@ -75,7 +76,16 @@ class Job:
 
     def prompts(self, items: list[dict], condition: str | None = None) -> list[str]:
         """Every item's rendered prompt. Fails loudly, before any generation, when one exceeds
-        the dataset's `max_input_tokens` (II: 4096, method.md section 3): never truncated."""
+        the dataset's `max_input_tokens` (II: 4096, method.md section 3): never truncated.
+        Rendered and checked once per job for the same items and prompt arguments: the cells of
+        a prefill job (every CoT source and variant) share them."""
+        kw = self.study.prompt_kwargs(self.evaluator, self.dataset, condition)
+        key = (tuple(it["item_id"] for it in items), tuple(sorted(kw.items())))
+        if key not in self._prompts:
+            self._prompts[key] = self._render(items, condition)
+        return self._prompts[key]
+
+    def _render(self, items: list[dict], condition: str | None) -> list[str]:
         prompts = [self.prompt(it, condition) for it in items]
         limit = self.decoding.max_input_tokens
         if limit:
@@ -191,7 +201,10 @@ def run(job: Job, units: list[Unit], *, shard_size: int | None = None, what: str
         log.info("%s: shard %d/%d done (%d rows; requests %d cached, %d computed); %.1f s elapsed, ETA %.0f s",
                  what, k + 1, n_shards, len(chunk), cached, computed, done, eta)
     frames = {}
-    extra = {u.output: tuple(c for c, _ in u.extra) for u in units}
+    seen: dict[tuple, set[str]] = {}  # every probe column any unit of an output carries
+    for u in units:
+        seen.setdefault(u.output, set()).update(c for c, _ in u.extra)
+    extra = {out: tuple(c for c in EXTRA_SCHEMA if c in cols) for out, cols in seen.items()}
     for out, rs in rows.items():
         df = frame(rs, extra[out])
         if df.select("item_id", "sample", *(c for c in extra[out] if c in EXTRA_KEYS)).is_duplicated().any():

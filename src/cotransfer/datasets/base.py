@@ -191,20 +191,23 @@ class DatasetAdapter:
         return df
 
 
-def count_rows(path: Path) -> int:
-    """The rows of a CSV, Parquet or JSONL table without keeping it (Parquet: from its footer),
-    read as `medcalc.read_table` reads it (CSV: every column as text, quoted newlines inside)."""
+def scan_data_table(path: Path) -> pl.LazyFrame:
+    """A dataset's CSV, Parquet or JSONL table, lazily (CSV: every column as text, quoted
+    newlines inside): what `medcalc.read_table` reads and `count_rows` counts."""
     name = path.name.lower()
     if name.endswith(".parquet"):
-        frame = pl.scan_parquet(path)
-    elif name.endswith(".jsonl"):
-        frame = pl.scan_ndjson(path)
-    elif name.endswith(".csv"):
-        frame = pl.scan_csv(path, infer_schema=False)
-    else:
-        raise ValueError(f"unsupported table format {path.suffix or '(no suffix)'}; "
-                         f"expected {', '.join(TABLE_SUFFIXES)}")
-    return int(frame.select(pl.len()).collect().item())
+        return pl.scan_parquet(path)
+    if name.endswith(".jsonl"):
+        return pl.scan_ndjson(path)
+    if name.endswith(".csv"):
+        return pl.scan_csv(path, infer_schema=False)
+    raise ValueError(f"{path}: unsupported table format {path.suffix or '(no suffix)'}; "
+                     f"expected {', '.join(TABLE_SUFFIXES)}")
+
+
+def count_rows(path: Path) -> int:
+    """The rows of a dataset's table without keeping it (Parquet: from its footer)."""
+    return int(scan_data_table(path).select(pl.len()).collect().item())
 
 
 def _count_option(value, key: str) -> int:

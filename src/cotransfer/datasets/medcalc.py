@@ -49,7 +49,7 @@ from pathlib import Path
 import polars as pl
 
 from cotransfer.datasets.base import (TABLE_SUFFIXES, DatasetAdapter, Scored, data_files, download_dataset,
-                                      register, resolve_revision)
+                                      register, resolve_revision, scan_data_table)
 from cotransfer.io import sha256_file
 
 log = logging.getLogger(__name__)
@@ -432,16 +432,7 @@ def pick_table(root: Path, split: str) -> Path:
 
 def read_table(path: Path) -> pl.DataFrame:
     """Read a table with every column as text (limits hold dates and tuples for some rows)."""
-    name = path.name.lower()
-    if name.endswith(".parquet"):
-        df = pl.read_parquet(path)
-    elif name.endswith(".jsonl"):
-        df = pl.read_ndjson(path)
-    elif name.endswith(".csv"):
-        return pl.read_csv(path, infer_schema=False)
-    else:
-        raise ValueError(f"unsupported table format: {path}")
-    return df.with_columns(pl.col(c).cast(pl.String) for c in df.columns)
+    return scan_data_table(path).select(pl.all().cast(pl.String)).collect()
 
 
 # -- adapter -------------------------------------------------------------------------------------
